@@ -1,0 +1,285 @@
+"""``relativistic_adam`` and ``relativistic_adamw``: recipes of Optax parts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from relax_optax._scaling import (
+    Formula,
+    Mode,
+    check_range,
+    concrete_float,
+    validate_formula,
+    validate_mode,
+)
+from relax_optax._transform import scale_by_relativistic
+
+
+def speed_limit_warmup(
+    speed_limit: jax.typing.ArrayLike, warmup_steps: int
+) -> optax.Schedule:
+  """The warm-up of relativistic-adam's ``adaptive_speed``: ``c·min(1, t/w)``.
+
+  The step ``t`` is counted from 1 (the schedule's count 0 is step 1), as the
+  reference does, so the first step's limit is ``c / w``, never 0.
+
+  Args:
+    speed_limit: the full speed limit ``c > 0``.
+    warmup_steps: ``w``, the number of steps to reach ``c``; ``w <= 0`` means
+      no warm-up (the constant ``c``).
+
+  Returns:
+    An ``optax.Schedule`` mapping the step count to the speed limit.
+
+  References:
+    relativistic-adam 1.0.0 (PyPI), ``RelativisticAdam._get_adaptive_speed_limit``.
+  """
+  check_range("speed_limit", speed_limit, lower=0.0, lower_open=True)
+  if warmup_steps <= 0:
+    return lambda count: jnp.asarray(speed_limit, jnp.float32)
+
+  def schedule(count: jax.typing.ArrayLike) -> jax.Array:
+    t = jnp.asarray(count, jnp.float32) + 1
+    return speed_limit * jnp.minimum(1.0, t / warmup_steps)
+
+  return schedule
+
+
+def _check_adam_args(learning_rate, b1, b2, eps, eps_root, weight_decay) -> None:
+  if not callable(learning_rate):
+    check_range("learning_rate", learning_rate, lower=0.0)
+  check_range("b1", b1, lower=0.0, upper=1.0, upper_open=True)
+  check_range("b2", b2, lower=0.0, upper=1.0, upper_open=True)
+  check_range("eps", eps, lower=0.0)
+  check_range("eps_root", eps_root, lower=0.0)
+  if not callable(weight_decay):
+    check_range("weight_decay", weight_decay, lower=0.0)
+
+
+def _adam_and_speed_limit(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike,
+    b2: jax.typing.ArrayLike,
+    eps: jax.typing.ArrayLike,
+    eps_root: jax.typing.ArrayLike,
+    mu_dtype: Any,
+    nesterov: bool,
+    amsgrad: bool,
+    speed_limit: jax.typing.ArrayLike,
+    mode: str,
+    formula: str,
+    adaptive_speed: bool,
+    speed_warmup_steps: int,
+) -> list[optax.GradientTransformation]:
+  """Adam's moments, the learning rate and the speed limit, as chain parts."""
+  validate_mode(mode)
+  validate_formula(formula)
+  check_range("speed_limit", speed_limit, lower=0.0, lower_open=True)
+  if amsgrad and nesterov:
+    raise ValueError("amsgrad=True and nesterov=True cannot be combined.")
+  if amsgrad:
+    moments = optax.scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype)
+  else:
+    moments = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+  c = speed_limit_warmup(speed_limit, speed_warmup_steps) if adaptive_speed else speed_limit
+  return [
+      moments,
+      optax.scale_by_learning_rate(learning_rate),
+      scale_by_relativistic(c, mode=mode, formula=formula),
+  ]
+
+
+def _is_zero(x: Any) -> bool:
+  return concrete_float(x) == 0.0
+
+
+def relativistic_adam(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    speed_limit: jax.typing.ArrayLike = 0.1,
+    mode: Mode = "per_param",
+    formula: Formula = "lorentz",
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    amsgrad: bool = False,
+    adaptive_speed: bool = False,
+    speed_warmup_steps: int = 1000,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+  """Adam whose update, in parameter units, never exceeds a speed limit ``c``.
+
+  The Adam step ``u = -lr · m̂ / (sqrt(v̂) + eps)`` is replaced by
+  ``v = u / sqrt(1 + (‖u‖/c)²)`` (``formula="lorentz"``), with ``‖u‖`` taken
+  per leaf, over all leaves or per element (``mode``). It is the recipe::
+
+    optax.chain(
+        optax.add_decayed_weights(weight_decay),   # only if weight_decay != 0
+        optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        optax.scale_by_learning_rate(learning_rate),
+        relax_optax.scale_by_relativistic(speed_limit, mode=mode, formula=formula),
+    )
+
+  with ``optax.scale_by_amsgrad`` for ``amsgrad=True`` and the schedule
+  :func:`speed_limit_warmup` as the speed limit for ``adaptive_speed=True``.
+  For ``speed_limit`` much larger than the updates it equals ``optax.adam``.
+
+  Differences from relativistic-adam 1.0.0 (PyTorch): the default formula is
+  ``lorentz`` (``formula="reference"`` gives the original's discontinuous
+  one); ``mode="global"`` uses one norm for all parameters (the original
+  applies it tensor by tensor, i.e. as ``"per_param"``); ``eps`` is added to
+  ``sqrt(v̂)`` after bias correction, as in ``optax.adam``, whereas the
+  original adds it to ``sqrt(v)`` before (a difference of order ``eps``).
+
+  Args:
+    learning_rate: a non-negative scalar or an Optax schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: non-negative term added to the denominator.
+    speed_limit: the speed limit ``c > 0`` in parameter units.
+    mode: ``"global"``, ``"per_param"`` (default) or ``"per_component"``.
+    formula: ``"lorentz"`` (default), ``"tanh"`` or ``"reference"``.
+    weight_decay: non-negative coupled L2 coefficient, added to the gradient
+      before the moments (as the original's ``weight_decay``).
+    amsgrad: use AMSGrad's running maximum of the second moment.
+    adaptive_speed: warm the speed limit up as ``c · min(1, t / w)``.
+    speed_warmup_steps: ``w`` for ``adaptive_speed``; ``<= 0`` disables it.
+    eps_root: non-negative term added inside the square root.
+    mu_dtype: optional dtype of the first moment.
+    nesterov: use Nesterov momentum (not with ``amsgrad``).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    Kingma and Ba, 2015, "Adam: A Method for Stochastic Optimization".
+    relativistic-adam 1.0.0 (PyPI), ``RelativisticAdam``.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import relax_optax
+    >>> def f(x):
+    ...   return jnp.sum(x ** 2)
+    >>> solver = relax_optax.relativistic_adam(learning_rate=0.1, speed_limit=0.05)
+    >>> params = jnp.array([1.0, 2.0, 3.0])
+    >>> opt_state = solver.init(params)
+    >>> for _ in range(3):
+    ...   grad = jax.grad(f)(params)
+    ...   updates, opt_state = solver.update(grad, opt_state, params)
+    ...   params = optax.apply_updates(params, updates)
+    ...   print(f"{f(params):.4f}")
+    13.6695
+    13.3436
+    13.0222
+  """
+  _check_adam_args(learning_rate, b1, b2, eps, eps_root, weight_decay)
+  parts = _adam_and_speed_limit(
+      learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad,
+      speed_limit, mode, formula, adaptive_speed, speed_warmup_steps,
+  )
+  if not _is_zero(weight_decay):
+    parts.insert(0, optax.add_decayed_weights(weight_decay))
+  return optax.chain(*parts)
+
+
+def relativistic_adamw(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    speed_limit: jax.typing.ArrayLike = 0.1,
+    mode: Mode = "per_param",
+    formula: Formula = "lorentz",
+    weight_decay: jax.typing.ArrayLike = 1e-2,
+    mask: Any | Callable[[optax.Params], Any] | None = None,
+    amsgrad: bool = False,
+    adaptive_speed: bool = False,
+    speed_warmup_steps: int = 1000,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+  """:func:`relativistic_adam` with decoupled weight decay after the update.
+
+  As relativistic-adam 1.0.0's ``RelativisticAdamW``: the speed-limited step
+  ``v`` is applied first, then the parameters are multiplied by
+  ``(1 - lr · weight_decay)``, so ``p ← (p + v)(1 - lr·wd)``; the decay is not
+  itself speed-limited. It is the recipe::
+
+    optax.chain(
+        optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        optax.scale_by_learning_rate(learning_rate),
+        relax_optax.scale_by_relativistic(speed_limit, mode=mode, formula=formula),
+        optax.masked(optax.chain(                      # (p + v)(1 - lr·wd) - p
+            optax.scale_by_schedule(lambda t: 1 - lr(t) * weight_decay),
+            optax.add_decayed_weights(lambda t: -lr(t) * weight_decay),
+        ), mask),
+    )
+
+  This differs from ``optax.adamw``, which decays the parameters *before* the
+  step (``p ← p - lr·(û + wd·p)``): the two differ by ``lr·wd·v`` per step.
+
+  Args:
+    learning_rate: a non-negative scalar or an Optax schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: non-negative term added to the denominator.
+    speed_limit: the speed limit ``c > 0`` in parameter units.
+    mode: ``"global"``, ``"per_param"`` (default) or ``"per_component"``.
+    formula: ``"lorentz"`` (default), ``"tanh"`` or ``"reference"``.
+    weight_decay: non-negative decoupled decay coefficient.
+    mask: a pytree of booleans (or a function of the params returning one)
+      selecting the leaves to decay, as in ``optax.adamw``; ``None`` for all.
+    amsgrad: use AMSGrad's running maximum of the second moment.
+    adaptive_speed: warm the speed limit up as ``c · min(1, t / w)``.
+    speed_warmup_steps: ``w`` for ``adaptive_speed``; ``<= 0`` disables it.
+    eps_root: non-negative term added inside the square root.
+    mu_dtype: optional dtype of the first moment.
+    nesterov: use Nesterov momentum (not with ``amsgrad``).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    Loshchilov and Hutter, 2019, "Decoupled Weight Decay Regularization".
+    relativistic-adam 1.0.0 (PyPI), ``RelativisticAdamW``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import relax_optax
+    >>> solver = relax_optax.relativistic_adamw(learning_rate=0.1, weight_decay=0.5)
+    >>> params = {"w": jnp.ones(2)}
+    >>> state = solver.init(params)
+    >>> updates, state = solver.update({"w": jnp.zeros(2)}, state, params)
+    >>> print(optax.apply_updates(params, updates)["w"])   # (1 + 0)(1 - 0.05)
+    [0.95 0.95]
+  """
+  _check_adam_args(learning_rate, b1, b2, eps, eps_root, weight_decay)
+  parts = _adam_and_speed_limit(
+      learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad,
+      speed_limit, mode, formula, adaptive_speed, speed_warmup_steps,
+  )
+  if not _is_zero(weight_decay):
+    if callable(learning_rate):
+      keep = optax.scale_by_schedule(lambda t: 1 - learning_rate(t) * weight_decay)
+      decay = optax.add_decayed_weights(lambda t: -learning_rate(t) * weight_decay)
+    else:
+      keep = optax.scale(1 - learning_rate * weight_decay)
+      decay = optax.add_decayed_weights(-learning_rate * weight_decay)
+    decay_after_update = optax.chain(keep, decay)
+    if mask is not None:
+      decay_after_update = optax.masked(decay_after_update, mask)
+    parts.append(decay_after_update)
+  return optax.chain(*parts)

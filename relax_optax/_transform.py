@@ -1,0 +1,113 @@
+"""``scale_by_relativistic``: the relativistic scaling as an Optax transform."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from relax_optax._scaling import (
+    Formula,
+    Mode,
+    check_range,
+    relativistic_scale,
+    validate_formula,
+    validate_mode,
+)
+
+
+class ScaleByRelativisticState(NamedTuple):
+  """State of :func:`scale_by_relativistic` when the speed limit is a schedule."""
+
+  count: jax.Array  # shape=(), dtype=jnp.int32.
+
+
+def scale_by_relativistic(
+    speed_limit: optax.ScalarOrSchedule = 0.1,
+    *,
+    mode: Mode = "per_param",
+    formula: Formula = "lorentz",
+) -> optax.GradientTransformation:
+  """Limits the speed of updates: ``v = u · f((‖u‖/c)²)``, ``‖v‖ < c``.
+
+  Applies :func:`relax_optax.relativistic_scale` to the incoming updates. Place
+  it after the learning rate, so that the speed limit ``c`` is in parameter
+  units (the scaling is odd, ``v(-u) = -v(u)``, so the sign flip of
+  ``optax.scale_by_learning_rate`` may come before it)::
+
+    optax.chain(
+        optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+        optax.scale_by_learning_rate(1e-3),
+        relax_optax.scale_by_relativistic(0.1, mode="per_param"),
+    )
+
+  which is exactly :func:`relax_optax.relativistic_adam`. With the default
+  ``formula="lorentz"``, ``v = u / sqrt(1 + (‖u‖/c)²)``: updates much smaller
+  than ``c`` pass almost unchanged (relative change at most ``(‖u‖/c)²/2``),
+  large ones saturate smoothly at ``c``.
+
+  Args:
+    speed_limit: the speed limit ``c > 0`` (parameter units), or an Optax
+      schedule of the step count giving it (then the state counts steps).
+    mode: the group over which ``‖u‖`` is taken: ``"global"`` (all updates
+      together), ``"per_param"`` (each leaf) or ``"per_component"`` (each
+      element).
+    formula: ``"lorentz"`` (default), ``"tanh"`` or ``"reference"`` (the
+      exact, discontinuous formula of relativistic-adam 1.0.0).
+
+  Returns:
+    An ``optax.GradientTransformation``. Its state is ``optax.EmptyState()``
+    for a constant speed limit and a :class:`ScaleByRelativisticState` step
+    count for a schedule.
+
+  References:
+    relativistic-adam 1.0.0 (PyPI), ``RelativisticAdam``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import relax_optax
+    >>> tx = optax.chain(
+    ...     optax.scale_by_adam(),
+    ...     optax.scale_by_learning_rate(1.0),
+    ...     relax_optax.scale_by_relativistic(0.1),
+    ... )
+    >>> params = {"w": jnp.ones(3)}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.full(3, 1e3)}, state, params)
+    >>> float(jnp.linalg.norm(updates["w"])) < 0.1
+    True
+  """
+  validate_mode(mode)
+  validate_formula(formula)
+  if not callable(speed_limit):
+    check_range("speed_limit", speed_limit, lower=0.0, lower_open=True)
+
+  if callable(speed_limit):
+
+    def init_fn(params: optax.Params) -> ScaleByRelativisticState:
+      del params
+      return ScaleByRelativisticState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+      del params
+      c = speed_limit(state.count)
+      updates = relativistic_scale(updates, c, mode=mode, formula=formula)
+      return updates, ScaleByRelativisticState(
+          count=optax.safe_int32_increment(state.count)
+      )
+
+  else:
+
+    def init_fn(params: optax.Params) -> optax.EmptyState:
+      del params
+      return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+      del params
+      updates = relativistic_scale(updates, speed_limit, mode=mode, formula=formula)
+      return updates, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
