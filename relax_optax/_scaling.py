@@ -20,6 +20,7 @@ import optax
 
 Mode = Literal["global", "per_param", "per_component"]
 Formula = Literal["lorentz", "tanh", "reference"]
+AxisName = Any  # a hashable name of a mapped axis, as in jax.lax.psum.
 
 MODES: tuple[str, ...] = ("global", "per_param", "per_component")
 FORMULAS: tuple[str, ...] = ("lorentz", "tanh", "reference")
@@ -135,7 +136,9 @@ def _compute_dtype(*dtypes: Any) -> jnp.dtype:
   return jnp.result_type(jnp.float32, *dtypes)
 
 
-def _saturated(leaves: list[jax.Array], c: jax.Array) -> list[jax.Array]:
+def _saturated(
+    leaves: list[jax.Array], c: jax.Array, axis_name: AxisName | None
+) -> list[jax.Array]:
   """``c · u / ‖u‖`` for a group whose ``(‖u‖/c)²`` overflows or is NaN.
 
   Reached only when ``Σ (u/c)²`` is not finite: then ``‖u‖/c ≥ 1.8e19`` in
@@ -146,25 +149,33 @@ def _saturated(leaves: list[jax.Array], c: jax.Array) -> list[jax.Array]:
   a NaN anywhere in the group makes the whole group NaN.
   """
   m = jnp.max(jnp.stack([jnp.max(jnp.abs(u), initial=0) for u in leaves]))
+  if axis_name is not None:
+    m = jax.lax.pmax(m, axis_name)
   inf = jnp.isinf(m)
   scaled = [
       jnp.where(inf, jnp.where(jnp.isinf(u), jnp.sign(u), 0), u / m) for u in leaves
   ]
-  norm = jnp.sqrt(sum(jnp.sum(jnp.square(s)) for s in scaled))
+  sq = sum(jnp.sum(jnp.square(s)) for s in scaled)
+  if axis_name is not None:
+    sq = jax.lax.psum(sq, axis_name)
+  norm = jnp.sqrt(sq)
   return [s * (c / norm) for s in scaled]
 
 
 def _scale_group(
-    leaves: list[jax.Array], c: jax.Array, formula: str
+    leaves: list[jax.Array], c: jax.Array, formula: str, axis_name: AxisName | None
 ) -> list[jax.Array]:
   """Scales the leaves of one group (sharing one norm) in the compute dtype."""
   # q = Σ (u/c)²: dividing by c first keeps q in units of the limit, so its
   # gradient is finite at u = 0 and it only overflows for ‖u‖/c ≥ 1.8e19.
   q = sum(jnp.sum(jnp.square(u / c)) for u in leaves)
+  if axis_name is not None:
+    # The entries of the group are spread over the devices of `axis_name`.
+    q = jax.lax.psum(q, axis_name)
   return jax.lax.cond(
       jnp.isfinite(q),
       lambda ls: [u * _speed_factor(q, formula) for u in ls],
-      lambda ls: _saturated(ls, c),
+      lambda ls: _saturated(ls, c, axis_name),
       leaves,
   )
 
@@ -175,6 +186,7 @@ def relativistic_scale(
     *,
     mode: Mode = "per_param",
     formula: Formula = "lorentz",
+    axis_name: AxisName | None = None,
 ) -> optax.Updates:
   """Limits the speed of an update pytree: ``v = u · f((‖u‖/c)²)``.
 
@@ -212,6 +224,11 @@ def relativistic_scale(
     speed_limit: ``c >= 0``, a scalar (may be traced).
     mode: ``"global"``, ``"per_param"`` or ``"per_component"``.
     formula: ``"lorentz"``, ``"tanh"`` or ``"reference"``.
+    axis_name: inside ``shard_map`` / ``pmap``, the axis over which each
+      array is sharded: the ``global`` and ``per_param`` norms are then summed
+      across it (``lax.psum``), so every device applies the same factor. Leave
+      ``None`` under ``jit`` with sharded arrays (the norm is already global)
+      and for replicated updates.
 
   Returns:
     The scaled pytree, with the structure, shapes and dtypes of ``updates``.
@@ -261,10 +278,10 @@ def relativistic_scale(
       out.append(v)
   else:
     if mode == "global":
-      out = _scale_group(wide, c_safe, formula)
+      out = _scale_group(wide, c_safe, formula, axis_name)
     else:
-      out = [_scale_group([u], c_safe, formula)[0] for u in wide]
+      out = [_scale_group([u], c_safe, formula, axis_name)[0] for u in wide]
 
-  for i, a, v in zip(positions, arrays, out):
+  for i, a, v in zip(positions, arrays, out, strict=True):
     leaves[i] = jnp.where(positive, v, 0).astype(a.dtype)
   return jax.tree.unflatten(treedef, leaves)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from relax_optax._scaling import (
+    AxisName,
     Formula,
     Mode,
     check_range,
@@ -29,6 +30,7 @@ def scale_by_relativistic(
     *,
     mode: Mode = "per_param",
     formula: Formula = "lorentz",
+    axis_name: AxisName | None = None,
 ) -> optax.GradientTransformation:
   """Limits the speed of updates: ``v = u · f((‖u‖/c)²)``, ``‖v‖ < c``.
 
@@ -56,6 +58,9 @@ def scale_by_relativistic(
       element).
     formula: ``"lorentz"`` (default), ``"tanh"`` or ``"reference"`` (the
       exact, discontinuous formula of relativistic-adam 1.0.0).
+    axis_name: inside ``shard_map`` / ``pmap`` with updates sharded over this
+      axis, the group norms are summed across it (see
+      :func:`relax_optax.relativistic_scale`); ``None`` under plain ``jit``.
 
   Returns:
     An ``optax.GradientTransformation``. Its state is ``optax.EmptyState()``
@@ -94,7 +99,9 @@ def scale_by_relativistic(
     def update_fn(updates, state, params=None):
       del params
       c = speed_limit(state.count)
-      updates = relativistic_scale(updates, c, mode=mode, formula=formula)
+      updates = relativistic_scale(
+          updates, c, mode=mode, formula=formula, axis_name=axis_name
+      )
       return updates, ScaleByRelativisticState(
           count=optax.safe_int32_increment(state.count)
       )
@@ -107,7 +114,9 @@ def scale_by_relativistic(
 
     def update_fn(updates, state, params=None):
       del params
-      updates = relativistic_scale(updates, speed_limit, mode=mode, formula=formula)
+      updates = relativistic_scale(
+          updates, speed_limit, mode=mode, formula=formula, axis_name=axis_name
+      )
       return updates, state
 
   return optax.GradientTransformation(init_fn, update_fn)
