@@ -1,0 +1,479 @@
+"""Forward- vs reverse-mode autodiff, counted and measured: section 1.6.1 of the chapter.
+
+Prints three tables, each ending with its headline ratio:
+
+1. The textbook example f(x1, x2) = exp(x1)·sin(x2)² at (9, 10): value,
+   gradient, hand-counted operations of each hand-written accumulation, jaxpr
+   equations, XLA flops and median wall time, next to jax.grad/jacrev/jacfwd.
+2. A sweep of n and m over 1..1024 on ℝⁿ → ℝᵐ, x ↦ fan_out(fan_in(x), m):
+   cost of the Jacobian by jax.jacfwd and jax.jacrev, with log-log slopes and
+   the measured crossover.
+3. The cheap-gradient ratio cost(grad f) / cost(f) for the fan-in f against
+   the bound of automatic differentiation theory (Griewank & Walther).
+
+Writes the plot and the full results next to each other:
+``<out>/autodiff_modes.png``, ``.json`` (everything) and ``.csv`` (the sweep).
+
+Usage (from the repository root, about 1-2 minutes on 2 CPU cores)::
+
+  python benchmarks/autodiff_modes.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import pathlib
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from relax_optax import autodiff
+
+GRIEWANK_WALTHER_BOUND = 5.0  # "within a factor of about 4-5" (Griewank & Walther 2008).
+CHAPTER_REVERSE_OPS, CHAPTER_FORWARD_OPS = 6, 7  # as printed in section 1.6.1.
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def _cost_dict(cost: autodiff.Cost) -> dict[str, float]:
+  return {**cost._asdict(), "ops": cost.ops}
+
+
+def textbook_table(args: argparse.Namespace) -> dict[str, Any]:
+  """The chapter's example, by hand and by JAX, in one table."""
+  x1, x2 = jnp.float32(9.0), jnp.float32(10.0)
+  timing = {"repeats": args.repeats, "min_time_s": args.min_time_s}
+  hand = {
+    "reverse, by hand": autodiff.reverse_accumulation,
+    "forward, by hand as chapter (0-tangents skipped)": lambda a, b: autodiff.forward_accumulation(
+      a, b, skip_zero_tangents=True
+    ),
+    "forward, by hand, dense seeds (as jacfwd)": autodiff.forward_accumulation,
+  }
+  argnums = (0, 1)
+  by_jax = {
+    "jax.grad": jax.grad(autodiff.textbook_f, argnums=argnums),
+    "jax.jacrev": jax.jacrev(autodiff.textbook_f, argnums=argnums),
+    "jax.jacfwd": jax.jacfwd(autodiff.textbook_f, argnums=argnums),
+  }
+  rows = []
+  primal_ops = autodiff.reverse_accumulation(x1, x2).ops.primal
+  rows.append(
+    {
+      "mode": "f only",
+      "value": float(autodiff.textbook_f(x1, x2)),
+      "grad": None,
+      "chain_rule_ops": None,
+      "seeds": None,
+      "hand_total_ops": primal_ops,
+      **_cost_dict(autodiff.jit_cost(autodiff.textbook_f, x1, x2, **timing)),
+    }
+  )
+  for mode, accumulate in hand.items():
+    result = accumulate(x1, x2)
+    cost = autodiff.jit_cost(lambda a, b, acc=accumulate: acc(a, b)[:2], x1, x2, **timing)
+    rows.append(
+      {
+        "mode": mode,
+        "value": float(result.value),
+        "grad": [float(g) for g in result.grad],
+        "chain_rule_ops": result.ops.accumulation,
+        "seeds": result.ops.seeds,
+        "hand_total_ops": result.ops.total,
+        "steps": list(result.steps),
+        **_cost_dict(cost),
+      }
+    )
+  for mode, fn in by_jax.items():
+    grad = fn(x1, x2)
+    rows.append(
+      {
+        "mode": mode,
+        "value": None,
+        "grad": [float(g) for g in grad],
+        "chain_rule_ops": None,
+        "seeds": None,
+        "hand_total_ops": None,
+        **_cost_dict(autodiff.jit_cost(fn, x1, x2, **timing)),
+      }
+    )
+
+  f64 = math.exp(9.0) * math.sin(10.0) ** 2
+  g64 = (f64, 2.0 * math.exp(9.0) * math.sin(10.0) * math.cos(10.0))
+  print("\n== 1. Textbook example f(x1, x2) = exp(x1)·sin(x2)² at (9, 10), float32 ==")
+  print(
+    f"float64 reference: f = {f64:.4f}, ∇f = ({g64[0]:.4f}, {g64[1]:.4f}); "
+    f"sin(10)² = {math.sin(10.0) ** 2:.4f}. The chapter prints f = -2430.9, sin(10)² = -0.30."
+  )
+  header = (
+    f"{'mode':49} {'f(9,10)':>9} {'∂f/∂x1':>9} {'∂f/∂x2':>9} {'chain+seed':>10} "
+    f"{'hand ops':>8} {'eqns':>5} {'flops':>6} {'transc':>6} {'time µs':>8}"
+  )
+  print(header)
+  print("-" * len(header))
+  for r in rows:
+    grad = r["grad"] or [math.nan, math.nan]
+    chain = "-" if r["chain_rule_ops"] is None else f"{r['chain_rule_ops']}+{r['seeds']}"
+    print(
+      f"{r['mode']:49} {_fmt(r['value'], 6):>9} {_fmt(grad[0], 6):>9} {_fmt(grad[1], 6):>9} "
+      f"{chain:>10} {_fmt(r['hand_total_ops']):>8} {r['jaxpr_eqns']:>5} "
+      f"{r['flops']:>6.0f} {r['transcendentals']:>6.0f} {r['time_s'] * 1e6:>8.1f}"
+    )
+  by_mode = {r["mode"]: r for r in rows}
+  rev, chap, dense = (by_mode[m] for m in hand)
+  xla = by_mode["jax.jacfwd"]["ops"] / by_mode["jax.jacrev"]["ops"]
+  headline = (
+    f"headline: chain-rule ops + seeds, reverse {rev['chain_rule_ops']}+{rev['seeds']} = "
+    f"{rev['chain_rule_ops'] + rev['seeds']} vs chapter-style forward "
+    f"{chap['chain_rule_ops']}+{chap['seeds']} = {chap['chain_rule_ops'] + chap['seeds']} "
+    f"(chapter: {CHAPTER_REVERSE_OPS} vs {CHAPTER_FORWARD_OPS}); dense forward/reverse "
+    f"chain-rule ops = {dense['chain_rule_ops']}/{rev['chain_rule_ops']} = "
+    f"{dense['chain_rule_ops'] / rev['chain_rule_ops']:.1f}x; XLA ops jacfwd/jacrev = {xla:.1f}x"
+  )
+  print(headline)
+  return {
+    "rows": rows,
+    "float64_reference": {"value": f64, "grad": list(g64)},
+    "headline": headline,
+  }
+
+
+def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+  """Least-squares slope of log(y) against log(x)."""
+  return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def _crossover(sizes: Sequence[int], forward: Sequence[float], reverse: Sequence[float]) -> float:
+  """Size where forward/reverse crosses 1, interpolated in log-log; nan if it never does."""
+  log_ratio = np.log(np.asarray(forward) / np.asarray(reverse))
+  for i in range(len(sizes) - 1):
+    a, b = log_ratio[i], log_ratio[i + 1]
+    if a == 0:
+      return float(sizes[i])
+    if a * b < 0:
+      t = a / (a - b)
+      return float(math.exp((1 - t) * math.log(sizes[i]) + t * math.log(sizes[i + 1])))
+  return math.nan
+
+
+def scaling_sweep(args: argparse.Namespace) -> dict[str, Any]:
+  """Jacobian cost by jacfwd and jacrev over n and m."""
+  sizes = [2**k for k in range(int(math.log2(args.max_size)) + 1)]
+  plan = []
+  for fixed in args.fixed:
+    plan += [("n", fixed, n, fixed) for n in sizes]  # vary n at fixed m.
+    plan += [("m", fixed, fixed, m) for m in sizes]  # vary m at fixed n.
+  measured: dict[tuple[int, int], autodiff.CostReport] = {}
+  key = jax.random.key(0)
+  for n, m in tqdm.tqdm(
+    sorted({(n, m) for *_, n, m in plan}), desc="sweep (n, m)", file=sys.stderr
+  ):
+    x = jax.random.uniform(jax.random.fold_in(key, n), (n,), minval=-1.0, maxval=1.0)
+    measured[(n, m)] = autodiff.cost_report(
+      autodiff.fan_in_fan_out(m), x, repeats=args.repeats, min_time_s=args.min_time_s
+    )
+  rows = []
+  for varied, fixed, n, m in plan:
+    report = measured[(n, m)]
+    c = report.costs
+    rows.append(
+      {
+        "varied": varied,
+        "fixed": fixed,
+        "n": n,
+        "m": m,
+        **{
+          f"{metric}_{name}": getattr(c[name], metric)
+          for name in ("f", "jacfwd", "jacrev")
+          for metric in (
+            "jaxpr_eqns",
+            "flops",
+            "transcendentals",
+            "bytes_accessed",
+            "ops",
+            "time_s",
+          )
+        },
+      }
+    )
+
+  print("\n== 2. Jacobian of x ↦ fan_out(fan_in(x), m), ℝⁿ → ℝᵐ: jacfwd vs jacrev ==")
+  print("ops = XLA flops + transcendentals; times are medians of", args.repeats, "repeats")
+  header = (
+    f"{'n':>5} {'m':>5} {'ops f':>8} {'ops fwd':>10} {'ops rev':>10} {'fwd/f':>7} "
+    f"{'rev/f':>7} {'fwd/rev':>8} {'µs f':>7} {'µs fwd':>9} {'µs rev':>9} {'t fwd/rev':>9}"
+  )
+  summary = []
+  for varied in ("n", "m"):
+    for fixed in args.fixed:
+      block = [r for r in rows if r["varied"] == varied and r["fixed"] == fixed]
+      other = "m" if varied == "n" else "n"
+      print(f"\n-- vary {varied} at {other} = {fixed} --")
+      print(header)
+      for r in block:
+        print(
+          f"{r['n']:>5} {r['m']:>5} {r['ops_f']:>8.0f} {r['ops_jacfwd']:>10.0f} "
+          f"{r['ops_jacrev']:>10.0f} {r['ops_jacfwd'] / r['ops_f']:>7.1f} "
+          f"{r['ops_jacrev'] / r['ops_f']:>7.1f} {r['ops_jacfwd'] / r['ops_jacrev']:>8.2f} "
+          f"{r['time_s_f'] * 1e6:>7.1f} {r['time_s_jacfwd'] * 1e6:>9.1f} "
+          f"{r['time_s_jacrev'] * 1e6:>9.1f} {r['time_s_jacfwd'] / r['time_s_jacrev']:>9.2f}"
+        )
+      xs = [r[varied] for r in block]
+      entry = {"varied": varied, "fixed": fixed}
+      for mode in ("jacfwd", "jacrev"):
+        entry[f"slope_ops_{mode}_over_f"] = _slope(
+          xs, [r[f"ops_{mode}"] / r["ops_f"] for r in block]
+        )
+        entry[f"slope_ops_{mode}"] = _slope(xs, [r[f"ops_{mode}"] for r in block])
+        entry[f"slope_time_{mode}"] = _slope(xs, [r[f"time_s_{mode}"] for r in block])
+      entry["crossover_ops"] = _crossover(
+        xs, [r["ops_jacfwd"] for r in block], [r["ops_jacrev"] for r in block]
+      )
+      entry["crossover_time"] = _crossover(
+        xs, [r["time_s_jacfwd"] for r in block], [r["time_s_jacrev"] for r in block]
+      )
+      entry["fwd_over_rev_ops_at_max"] = block[-1]["ops_jacfwd"] / block[-1]["ops_jacrev"]
+      entry["fwd_over_rev_time_at_max"] = block[-1]["time_s_jacfwd"] / block[-1]["time_s_jacrev"]
+      summary.append(entry)
+
+  print(
+    f"\n-- sweep summary: log-log slopes over sizes 1..{args.max_size}, "
+    "crossover where fwd/rev = 1 --"
+  )
+  print(
+    f"{'sweep':>14} {'fwd/f':>7} {'rev/f':>7} {'ops fwd':>8} {'ops rev':>8} {'t fwd':>6} "
+    f"{'t rev':>6} {'cross ops':>9} {'cross t':>8} {'fwd/rev ops@max':>15} {'t@max':>6}"
+  )
+  for e in summary:
+    other = "m" if e["varied"] == "n" else "n"
+    print(
+      f"{'vary ' + e['varied'] + ', ' + other + '=' + str(e['fixed']):>14} "
+      f"{e['slope_ops_jacfwd_over_f']:>7.2f} {e['slope_ops_jacrev_over_f']:>7.2f} "
+      f"{e['slope_ops_jacfwd']:>8.2f} {e['slope_ops_jacrev']:>8.2f} "
+      f"{e['slope_time_jacfwd']:>6.2f} {e['slope_time_jacrev']:>6.2f} "
+      f"{_fmt(e['crossover_ops'], 3):>9} {_fmt(e['crossover_time'], 3):>8} "
+      f"{e['fwd_over_rev_ops_at_max']:>15.3g} {e['fwd_over_rev_time_at_max']:>6.3g}"
+    )
+  fan_in_end = next(e for e in summary if e["varied"] == "n" and e["fixed"] == 1)
+  fan_out_end = next(e for e in summary if e["varied"] == "m" and e["fixed"] == 1)
+  crossings = [e for e in summary if e["fixed"] > 1]
+  crossing_text = "; ".join(
+    f"vary {e['varied']} at {'m' if e['varied'] == 'n' else 'n'}={e['fixed']}: "
+    f"{_fmt(e['crossover_ops'], 3)} (time {_fmt(e['crossover_time'], 3)})"
+    for e in crossings
+  )
+  headline = (
+    f"headline: jacfwd/jacrev ops at n={args.max_size}, m=1: "
+    f"{fan_in_end['fwd_over_rev_ops_at_max']:.0f}x (time "
+    f"{fan_in_end['fwd_over_rev_time_at_max']:.0f}x); at n=1, m={args.max_size}: "
+    f"{fan_out_end['fwd_over_rev_ops_at_max']:.3f}x (time "
+    f"{fan_out_end['fwd_over_rev_time_at_max']:.2f}x); crossover"
+    + (f" {crossing_text}" if crossings else ": no fixed size > 1 swept")
+  )
+  print(headline)
+  return {"sizes": sizes, "rows": rows, "summary": summary, "headline": headline}
+
+
+def cheap_gradient(args: argparse.Namespace) -> dict[str, Any]:
+  """cost(grad f) / cost(f) for the fan-in f over n."""
+  rows = []
+  key = jax.random.key(1)
+  for n in tqdm.tqdm(args.grad_sizes, desc="cheap gradient n", file=sys.stderr):
+    x = jax.random.uniform(jax.random.fold_in(key, n), (n,), minval=-1.0, maxval=1.0)
+    f = autodiff.jit_cost(autodiff.fan_in, x, repeats=args.repeats, min_time_s=args.min_time_s)
+    g = autodiff.jit_cost(
+      jax.grad(autodiff.fan_in), x, repeats=args.repeats, min_time_s=args.min_time_s
+    )
+    rows.append(
+      {
+        "n": n,
+        **{f"{k}_f": v for k, v in _cost_dict(f).items()},
+        **{f"{k}_grad": v for k, v in _cost_dict(g).items()},
+      }
+    )
+  print("\n== 3. Cheap gradient: cost(grad f) / cost(f), f(x) = Σ exp(xᵢ)·sin(xᵢ)² ==")
+  header = (
+    f"{'n':>8} {'ops f':>9} {'ops grad':>9} {'flops':>6} {'transc':>6} {'ops':>6} "
+    f"{'bytes':>6} {'µs f':>9} {'µs grad':>9} {'time':>6}"
+  )
+  print(f"{'':36}{'--- ratio grad/f ---':>20}")
+  print(header)
+  for r in rows:
+    print(
+      f"{r['n']:>8} {r['ops_f']:>9.0f} {r['ops_grad']:>9.0f} "
+      f"{r['flops_grad'] / r['flops_f']:>6.2f} "
+      f"{r['transcendentals_grad'] / r['transcendentals_f']:>6.2f} "
+      f"{r['ops_grad'] / r['ops_f']:>6.2f} "
+      f"{r['bytes_accessed_grad'] / r['bytes_accessed_f']:>6.2f} "
+      f"{r['time_s_f'] * 1e6:>9.1f} {r['time_s_grad'] * 1e6:>9.1f} "
+      f"{r['time_s_grad'] / r['time_s_f']:>6.2f}"
+    )
+  ops = [r["ops_grad"] / r["ops_f"] for r in rows]
+  times = [r["time_s_grad"] / r["time_s_f"] for r in rows]
+  big = rows[-1]
+  headline = (
+    f"headline: cheap-gradient ratio cost(grad f)/cost(f): XLA ops {min(ops):.2f}-{max(ops):.2f}x, "
+    f"time {min(times):.2f}-{max(times):.2f}x ({times[-1]:.2f}x at n={big['n']}) "
+    f"vs the Griewank-Walther bound of about 4-5x: "
+    f"{'within' if max(max(ops), max(times)) <= GRIEWANK_WALTHER_BOUND else 'NOT within'}"
+  )
+  print(headline)
+  return {"rows": rows, "headline": headline, "bound": GRIEWANK_WALTHER_BOUND}
+
+
+def plot(results: dict[str, Any], path: pathlib.Path) -> None:
+  """Log-log plot: ops and wall time against n and m, and the cheap gradient."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  sweep = results["sweep"]
+  fig, axes = plt.subplots(2, 3, figsize=(16, 9), constrained_layout=True)
+  colors = {"f": "0.5", "jacfwd": "tab:blue", "jacrev": "tab:orange"}
+  labels = {"f": "f", "jacfwd": "jacfwd (forward)", "jacrev": "jacrev (reverse)"}
+  styles = ["-", "--", ":", "-."]
+  for col, varied in enumerate(("n", "m")):
+    other = "m" if varied == "n" else "n"
+    for row, (metric, unit) in enumerate(
+      (("ops", "XLA ops (flops + transc.)"), ("time_s", "median wall time [s]"))
+    ):
+      ax = axes[row, col]
+      for k, fixed in enumerate(sorted({r["fixed"] for r in sweep["rows"]})):
+        block = [r for r in sweep["rows"] if r["varied"] == varied and r["fixed"] == fixed]
+        xs = [r[varied] for r in block]
+        for name in ("f", "jacfwd", "jacrev"):
+          ax.loglog(
+            xs,
+            [r[f"{metric}_{name}"] for r in block],
+            styles[k % len(styles)],
+            marker="o",
+            ms=3,
+            color=colors[name],
+            label=f"{labels[name]}, {other}={fixed}",
+          )
+        if fixed > 1:
+          ax.axvline(fixed, color="0.8", lw=1, zorder=0)
+      ax.set_xscale("log", base=2)
+      ax.set_xlabel(f"{varied} ({'inputs' if varied == 'n' else 'outputs'})")
+      ax.set_ylabel(unit)
+      ax.set_title(f"Jacobian of ℝⁿ → ℝᵐ, vary {varied}")
+      ax.grid(True, which="both", alpha=0.3)
+      ax.legend(fontsize=7)
+  grad_rows = results["cheap_gradient"]["rows"]
+  ns = [r["n"] for r in grad_rows]
+  for row, metric in enumerate(("ops", "time_s")):
+    ax = axes[row, 2]
+    ax.loglog(ns, [r[f"{metric}_f"] for r in grad_rows], "o-", color="0.5", label="f")
+    ax.loglog(
+      ns,
+      [r[f"{metric}_grad"] for r in grad_rows],
+      "o-",
+      color="tab:orange",
+      label="grad f (reverse)",
+    )
+    ax.loglog(
+      ns,
+      [results["cheap_gradient"]["bound"] * r[f"{metric}_f"] for r in grad_rows],
+      ":",
+      color="tab:red",
+      label="5 x f (cheap-gradient bound)",
+    )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("n (inputs), m = 1")
+    ax.set_ylabel("XLA ops (flops + transc.)" if metric == "ops" else "median wall time [s]")
+    ax.set_title("Cheap gradient: Σ exp(xᵢ)·sin(xᵢ)²")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+  meta = results["meta"]
+  fig.suptitle(
+    f"Forward vs reverse mode, jit-compiled (jax {meta['jax']}, "
+    f"{meta['device']}, {meta['cpu_count']} CPU cores)"
+  )
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument(
+    "--max-size",
+    type=int,
+    default=1024,
+    help="sweep n and m over powers of two up to this (default 1024)",
+  )
+  parser.add_argument(
+    "--fixed",
+    type=int,
+    nargs="+",
+    default=[1, 64],
+    help="the other dimension's values in the sweep (default 1 64)",
+  )
+  parser.add_argument(
+    "--grad-sizes",
+    type=int,
+    nargs="+",
+    default=[1, 32, 1024, 32768, 1048576],
+    help="n for the cheap-gradient table (default 1 .. 2^20)",
+  )
+  parser.add_argument("--repeats", type=int, default=7, help="timed repeats (median)")
+  parser.add_argument(
+    "--min-time-s", type=float, default=5e-3, help="minimum duration of one timed repeat"
+  )
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=pathlib.Path(__file__).parent / "results",
+    help="folder for autodiff_modes.{png,json,csv}",
+  )
+  args = parser.parse_args(argv)
+
+  device = jax.devices()[0]
+  meta = {
+    "command": " ".join(["python", *sys.argv]),
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "device": getattr(device, "device_kind", str(device)),
+    "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
+    "repeats": args.repeats,
+    "min_time_s": args.min_time_s,
+  }
+  print(
+    f"jax {meta['jax']} on {meta['backend']} ({meta['device']}), "
+    f"{meta['cpu_count']} CPU cores; times are medians of {args.repeats} repeats"
+  )
+  results = {"meta": meta}
+  results["textbook"] = textbook_table(args)
+  results["sweep"] = scaling_sweep(args)
+  results["cheap_gradient"] = cheap_gradient(args)
+
+  args.out.mkdir(parents=True, exist_ok=True)
+  stem = args.out / "autodiff_modes"
+  stem.with_suffix(".json").write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
+  with stem.with_suffix(".csv").open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(results["sweep"]["rows"][0]))
+    writer.writeheader()
+    writer.writerows(results["sweep"]["rows"])
+  plot(results, stem.with_suffix(".png"))
+  print(f"\nwrote {stem}.png, .json, .csv")
+  print(results["cheap_gradient"]["headline"])
+  return results
+
+
+if __name__ == "__main__":
+  main()
