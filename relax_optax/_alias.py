@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +51,89 @@ def speed_limit_warmup(
   return schedule
 
 
+BiasCorrection = Literal["moments", "step_size"]
+BIAS_CORRECTIONS: tuple[str, ...] = ("moments", "step_size")
+
+
+def _one_minus_power(b: jax.typing.ArrayLike, t: jax.Array) -> jax.Array:
+  """``1 - b**t`` in float32 without cancellation, for ``b`` in [0, 1), ``t >= 1``.
+
+  ``1 - b**t`` with ``b`` rounded to float32 loses about 1e-5 (relative) at
+  ``b = 0.999, t = 1``; ``-expm1(t·log b)`` with ``log b`` taken in float64 for
+  a Python number is exact to float32 rounding. ``log 0 = -inf`` gives 1.
+  """
+  x = concrete_float(b)
+  if x is None:
+    log_b = jnp.log(jnp.asarray(b, jnp.float32))
+  else:
+    log_b = jnp.float32(math.log(x) if x > 0 else -math.inf)
+  return -jnp.expm1(t * log_b)
+
+
+def _scale_by_adam_step_size_correction(
+    b1: jax.typing.ArrayLike,
+    b2: jax.typing.ArrayLike,
+    eps: jax.typing.ArrayLike,
+    eps_root: jax.typing.ArrayLike,
+    mu_dtype: Any,
+    amsgrad: bool,
+) -> optax.GradientTransformation:
+  """Adam with the bias correction folded into the step size, as relativistic-adam.
+
+  ``sqrt(1 - b2^t) / (1 - b1^t) · m / (sqrt(v + eps_root) + eps)``, with ``v``
+  replaced by its running maximum for AMSGrad: the "efficient version" of
+  Kingma and Ba (2015, end of section 2) and exactly the order of operations of
+  relativistic-adam 1.0.0. It equals ``optax.scale_by_adam`` with ``eps``
+  replaced by ``eps / sqrt(1 - b2^t)`` (larger early in training), and
+  ``optax.scale_by_amsgrad`` with the maximum taken over the raw second moment
+  instead of the bias-corrected one. The state is Optax's
+  ``ScaleByAdamState`` (``ScaleByAmsgradState`` for AMSGrad).
+  """
+  mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
+
+  def init_fn(params: optax.Params) -> optax.ScaleByAdamState | optax.ScaleByAmsgradState:
+    count = jnp.zeros([], jnp.int32)
+    mu = optax.tree_utils.tree_zeros_like(params, dtype=mu_dtype)  # m
+    nu = optax.tree_utils.tree_zeros_like(params)  # v
+    if amsgrad:
+      nu_max = optax.tree_utils.tree_zeros_like(params)  # max over steps of v
+      return optax.ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
+    return optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  def update_fn(updates, state, params=None):
+    del params
+    # exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1), same for exp_avg_sq.
+    mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree_utils.tree_update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    count_inc = optax.safe_increment(state.count)
+    if amsgrad:
+      # torch.maximum(max_exp_avg_sq, exp_avg_sq): the raw, uncorrected v.
+      nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+      denom_nu = nu_max
+    else:
+      denom_nu = nu
+    # step_size = sqrt(bias_correction2) / bias_correction1 (times lr, later).
+    t = count_inc.astype(jnp.float32)
+    step_size = jnp.sqrt(_one_minus_power(b2, t)) / _one_minus_power(b1, t)
+
+    def step(m, v):
+      # step_size * (exp_avg / (exp_avg_sq.sqrt() + eps)): eps before correction.
+      direction = m / (jnp.sqrt(v + eps_root) + eps)
+      return (step_size * direction).astype(direction.dtype)
+
+    updates = jax.tree.map(
+        lambda m, v: None if m is None else step(m, v), mu, denom_nu, is_leaf=lambda x: x is None
+    )
+    mu = optax.tree_utils.tree_cast(mu, mu_dtype)
+    if amsgrad:
+      return updates, optax.ScaleByAmsgradState(
+          count=count_inc, mu=mu, nu=nu, nu_max=nu_max
+      )
+    return updates, optax.ScaleByAdamState(count=count_inc, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _check_adam_args(learning_rate, b1, b2, eps, eps_root, weight_decay) -> None:
   if not callable(learning_rate):
     check_range("learning_rate", learning_rate, lower=0.0)
@@ -75,14 +159,23 @@ def _adam_and_speed_limit(
     formula: str,
     adaptive_speed: bool,
     speed_warmup_steps: int,
+    bias_correction: str,
 ) -> list[optax.GradientTransformation]:
   """Adam's moments, the learning rate and the speed limit, as chain parts."""
   validate_mode(mode)
   validate_formula(formula)
   check_range("speed_limit", speed_limit, lower=0.0, lower_open=True)
+  if bias_correction not in BIAS_CORRECTIONS:
+    raise ValueError(
+        f"bias_correction must be one of {BIAS_CORRECTIONS}, got {bias_correction!r}."
+    )
   if amsgrad and nesterov:
     raise ValueError("amsgrad=True and nesterov=True cannot be combined.")
-  if amsgrad:
+  if bias_correction == "step_size":
+    if nesterov:
+      raise ValueError('bias_correction="step_size" and nesterov=True cannot be combined.')
+    moments = _scale_by_adam_step_size_correction(b1, b2, eps, eps_root, mu_dtype, amsgrad)
+  elif amsgrad:
     moments = optax.scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype)
   else:
     moments = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
@@ -114,6 +207,7 @@ def relativistic_adam(
     eps_root: jax.typing.ArrayLike = 0.0,
     mu_dtype: jax.typing.DTypeLike | None = None,
     nesterov: bool = False,
+    bias_correction: BiasCorrection = "moments",
 ) -> optax.GradientTransformation:
   """Adam whose update, in parameter units, never exceeds a speed limit ``c``.
 
@@ -132,12 +226,19 @@ def relativistic_adam(
   :func:`speed_limit_warmup` as the speed limit for ``adaptive_speed=True``.
   For ``speed_limit`` much larger than the updates it equals ``optax.adam``.
 
-  Differences from relativistic-adam 1.0.0 (PyTorch): the default formula is
-  ``lorentz`` (``formula="reference"`` gives the original's discontinuous
-  one); ``mode="global"`` uses one norm for all parameters (the original
-  applies it tensor by tensor, i.e. as ``"per_param"``); ``eps`` is added to
-  ``sqrt(v̂)`` after bias correction, as in ``optax.adam``, whereas the
-  original adds it to ``sqrt(v)`` before (a difference of order ``eps``).
+  Differences from relativistic-adam 1.0.0 (PyTorch), each with the option
+  that reproduces the original (see ``docs/migrating_from_pytorch.md``):
+
+  - the default formula is ``lorentz``; ``formula="reference"`` gives the
+    original's discontinuous one;
+  - ``mode="global"`` uses one norm for all parameters; the original applies
+    it tensor by tensor, which is ``mode="per_param"``;
+  - the bias correction divides the moments, as in ``optax.adam``, so ``eps``
+    is added to ``sqrt(v̂)`` and AMSGrad's maximum is over ``v̂``; the original
+    folds it into the step size (``bias_correction="step_size"``), so its
+    effective ``eps`` is ``eps / sqrt(1 - b2^t)`` (32·eps at step 1 for
+    ``b2 = 0.999``, which matters when gradients are within a few orders of
+    magnitude of ``eps``) and its AMSGrad maximum is over the raw ``v``.
 
   Args:
     learning_rate: a non-negative scalar or an Optax schedule.
@@ -155,6 +256,14 @@ def relativistic_adam(
     eps_root: non-negative term added inside the square root.
     mu_dtype: optional dtype of the first moment.
     nesterov: use Nesterov momentum (not with ``amsgrad``).
+    bias_correction: ``"moments"`` (default, as ``optax.adam``) divides the
+      moments by ``1 - b^t`` before ``eps`` is added and, for AMSGrad, before
+      the running maximum; ``"step_size"`` multiplies the step by
+      ``sqrt(1 - b2^t) / (1 - b1^t)`` instead, so that ``eps`` and the maximum
+      apply to the raw moments, exactly as relativistic-adam 1.0.0 (and
+      ``torch.optim.Adam``'s AMSGrad maximum) does. Use it with
+      ``formula="reference"`` to reproduce a PyTorch run (not with
+      ``nesterov``).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -185,7 +294,7 @@ def relativistic_adam(
   _check_adam_args(learning_rate, b1, b2, eps, eps_root, weight_decay)
   parts = _adam_and_speed_limit(
       learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad,
-      speed_limit, mode, formula, adaptive_speed, speed_warmup_steps,
+      speed_limit, mode, formula, adaptive_speed, speed_warmup_steps, bias_correction,
   )
   if not _is_zero(weight_decay):
     parts.insert(0, optax.add_decayed_weights(weight_decay))
@@ -209,6 +318,7 @@ def relativistic_adamw(
     eps_root: jax.typing.ArrayLike = 0.0,
     mu_dtype: jax.typing.DTypeLike | None = None,
     nesterov: bool = False,
+    bias_correction: BiasCorrection = "moments",
 ) -> optax.GradientTransformation:
   """:func:`relativistic_adam` with decoupled weight decay after the update.
 
@@ -247,6 +357,14 @@ def relativistic_adamw(
     eps_root: non-negative term added inside the square root.
     mu_dtype: optional dtype of the first moment.
     nesterov: use Nesterov momentum (not with ``amsgrad``).
+    bias_correction: ``"moments"`` (default, as ``optax.adam``) divides the
+      moments by ``1 - b^t`` before ``eps`` is added and, for AMSGrad, before
+      the running maximum; ``"step_size"`` multiplies the step by
+      ``sqrt(1 - b2^t) / (1 - b1^t)`` instead, so that ``eps`` and the maximum
+      apply to the raw moments, exactly as relativistic-adam 1.0.0 (and
+      ``torch.optim.Adam``'s AMSGrad maximum) does. Use it with
+      ``formula="reference"`` to reproduce a PyTorch run (not with
+      ``nesterov``).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -269,7 +387,7 @@ def relativistic_adamw(
   _check_adam_args(learning_rate, b1, b2, eps, eps_root, weight_decay)
   parts = _adam_and_speed_limit(
       learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad,
-      speed_limit, mode, formula, adaptive_speed, speed_warmup_steps,
+      speed_limit, mode, formula, adaptive_speed, speed_warmup_steps, bias_correction,
   )
   if not _is_zero(weight_decay):
     if callable(learning_rate):

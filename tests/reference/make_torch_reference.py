@@ -114,8 +114,8 @@ def gradient_stream(seed: int, scale: float = 0.3, decay: float = 1.0) -> dict:
 
 
 def run_case(name: str, cls_name: str, kwargs: dict, stream: dict) -> None:
-  import relativistic_adam  # noqa: PLC0415  (only in the throwaway venv)
-  import torch  # noqa: PLC0415
+  import relativistic_adam  # only in the throwaway venv
+  import torch
 
   grads = gradient_stream(**stream)
   rng = np.random.default_rng(1000 + stream["seed"])
@@ -144,10 +144,10 @@ def run_case(name: str, cls_name: str, kwargs: dict, stream: dict) -> None:
 
   trajectory = {n: [] for n in SHAPES}
   for t in range(STEPS):
-    for p, n in zip(params, SHAPES):
+    for p, n in zip(params, SHAPES, strict=True):
       p.grad = torch.from_numpy(grads[n][t].copy())
     opt.step()
-    for p, n in zip(params, SHAPES):
+    for p, n in zip(params, SHAPES, strict=True):
       trajectory[n].append(p.detach().numpy().copy())
 
   if not (ratios["below"] and ratios["above"]):
@@ -183,7 +183,7 @@ def run_case(name: str, cls_name: str, kwargs: dict, stream: dict) -> None:
 
 
 def main() -> None:
-  import torch  # noqa: PLC0415
+  import torch
 
   torch.manual_seed(0)
   torch.set_num_threads(1)
