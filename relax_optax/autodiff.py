@@ -336,25 +336,24 @@ def _xla_cost_analysis(compiled: jax.stages.Compiled) -> dict[str, float]:
 
 
 def _median_call_time_s(
-  call: Callable[[], Any], *, repeats: int, min_time_s: float, max_number: int = 1 << 16
+  call: Callable[[], Any], *, repeats: int, min_time_s: float, max_calls: int = 100_000
 ) -> float:
-  """Median over ``repeats`` of the mean time of one blocking ``call()``.
+  """Median wall time of one blocking ``call()``, after three warm-up calls.
 
-  Each repeat runs ``number`` calls, each followed by ``block_until_ready``;
-  ``number`` doubles until one repeat lasts at least ``min_time_s``.
+  Times each call separately (``block_until_ready`` included) until at least
+  ``repeats`` calls and ``min_time_s`` seconds in all have passed, then takes
+  the median: on a shared machine, calls interrupted by other processes are
+  outliers that a median ignores and a mean would not.
   """
-  jax.block_until_ready(call())  # warm-up: compile and first dispatch.
-
-  def one_repeat(number: int) -> float:
+  for _ in range(3):  # warm-up: compile, first dispatch, caches.
+    jax.block_until_ready(call())
+  times: list[float] = []
+  deadline = time.perf_counter() + min_time_s
+  while len(times) < max_calls and (len(times) < repeats or time.perf_counter() < deadline):
     start = time.perf_counter()
-    for _ in range(number):
-      jax.block_until_ready(call())
-    return (time.perf_counter() - start) / number
-
-  number = 1
-  while number < max_number and one_repeat(number) * number < min_time_s:
-    number *= 2
-  return statistics.median(one_repeat(number) for _ in range(repeats))
+    jax.block_until_ready(call())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
 
 
 def jit_cost(
@@ -362,7 +361,7 @@ def jit_cost(
   *args: Any,
   timing: bool = True,
   repeats: int = 7,
-  min_time_s: float = 5e-3,
+  min_time_s: float = 0.05,
 ) -> Cost:
   """Measures the cost of ``jax.jit(fn)(*args)``.
 
@@ -371,12 +370,13 @@ def jit_cost(
     *args: example inputs (arrays or pytrees of arrays).
     timing: whether to measure wall time; ``False`` sets ``time_s`` to nan and
       only traces and compiles (deterministic, for tests).
-    repeats: number of timed repeats whose median is reported, >= 1.
-    min_time_s: each repeat runs the call often enough to last this long.
+    repeats: minimum number of timed calls, >= 1.
+    min_time_s: keep timing calls until this many seconds have passed.
 
   Returns:
     A :class:`Cost` with the jaxpr size, XLA's compiled cost analysis and the
-    median wall time of one call, ``block_until_ready`` included.
+    median wall time of one call over all timed calls, ``block_until_ready``
+    included.
   """
   jitted = jax.jit(fn)
   eqns = count_jaxpr_eqns(jax.make_jaxpr(fn)(*args))
@@ -423,7 +423,7 @@ def cost_report(
   *args: Any,
   timing: bool = True,
   repeats: int = 7,
-  min_time_s: float = 5e-3,
+  min_time_s: float = 0.05,
 ) -> CostReport:
   """Cost of ``fn``, its Jacobian in both modes and (for m = 1) its gradient.
 
@@ -440,8 +440,8 @@ def cost_report(
     fn: a function of arrays with floating-point inputs and outputs.
     *args: example inputs.
     timing: whether to measure wall time (``False``: only trace and compile).
-    repeats: number of timed repeats whose median is reported.
-    min_time_s: minimum duration of one timed repeat.
+    repeats: minimum number of timed calls.
+    min_time_s: keep timing calls until this many seconds have passed.
 
   Returns:
     A :class:`CostReport`; ``print(report)`` prints it as a table.
