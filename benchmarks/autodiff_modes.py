@@ -158,16 +158,32 @@ def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 
 def _crossover(sizes: Sequence[int], forward: Sequence[float], reverse: Sequence[float]) -> float:
-  """Size where forward/reverse crosses 1, interpolated in log-log; nan if it never does."""
+  """Size of the last change of side of forward/reverse = 1, interpolated in log-log.
+
+  The last change, not the first: at small sizes wall times are dispatch-bound
+  (a few µs for every computation), so their ratio wanders around 1 by noise
+  before the real crossover. nan if forward/reverse never changes side.
+  """
   log_ratio = np.log(np.asarray(forward) / np.asarray(reverse))
-  for i in range(len(sizes) - 1):
+  for i in reversed(range(len(sizes) - 1)):
     a, b = log_ratio[i], log_ratio[i + 1]
-    if a == 0:
-      return float(sizes[i])
+    if b == 0:
+      return float(sizes[i + 1])
     if a * b < 0:
       t = a / (a - b)
       return float(math.exp((1 - t) * math.log(sizes[i]) + t * math.log(sizes[i + 1])))
   return math.nan
+
+
+def _json_safe(value: Any) -> Any:
+  """NaN (not valid JSON) becomes null, recursively."""
+  if isinstance(value, float) and math.isnan(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  return value
 
 
 def scaling_sweep(args: argparse.Namespace) -> dict[str, Any]:
@@ -252,7 +268,7 @@ def scaling_sweep(args: argparse.Namespace) -> dict[str, Any]:
 
   print(
     f"\n-- sweep summary: log-log slopes over sizes 1..{args.max_size}, "
-    "crossover where fwd/rev = 1 --"
+    "crossover = last size where fwd/rev changes side --"
   )
   print(
     f"{'sweep':>14} {'fwd/f':>7} {'rev/f':>7} {'ops fwd':>8} {'ops rev':>8} {'t fwd':>6} "
@@ -477,7 +493,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   args.out.mkdir(parents=True, exist_ok=True)
   stem = args.out / "autodiff_modes"
-  stem.with_suffix(".json").write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
+  stem.with_suffix(".json").write_text(
+    json.dumps(_json_safe(results), indent=1, allow_nan=False) + "\n"
+  )
   with stem.with_suffix(".csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(results["sweep"]["rows"][0]))
     writer.writeheader()
