@@ -58,9 +58,10 @@ BIAS_CORRECTIONS: tuple[str, ...] = ("moments", "step_size")
 def _one_minus_power(b: jax.typing.ArrayLike, t: jax.Array) -> jax.Array:
   """``1 - b**t`` in float32 without cancellation, for ``b`` in [0, 1), ``t >= 1``.
 
-  ``1 - b**t`` with ``b`` rounded to float32 loses about 1e-5 (relative) at
-  ``b = 0.999, t = 1``; ``-expm1(t·log b)`` with ``log b`` taken in float64 for
-  a Python number is exact to float32 rounding. ``log 0 = -inf`` gives 1.
+  ``1 - b**t`` with ``b`` rounded to float32 cancels: measured over
+  ``t <= 20000`` it is off by 2e-5 (relative) for ``b = 0.999`` and 1.5e-3 for
+  ``b = 0.99999``; ``-expm1(t·log b)``, with ``log b`` taken in float64 when
+  ``b`` is a Python number, stays within 4e-7. ``log 0 = -inf`` gives 1.
   """
   x = concrete_float(b)
   if x is None:
@@ -82,7 +83,7 @@ def _scale_by_adam_step_size_correction(
 
   ``sqrt(1 - b2^t) / (1 - b1^t) · m / (sqrt(v + eps_root) + eps)``, with ``v``
   replaced by its running maximum for AMSGrad: the "efficient version" of
-  Kingma and Ba (2015, end of section 2) and exactly the order of operations of
+  Kingma and Ba (2015, end of section 2) and the order of operations of
   relativistic-adam 1.0.0. It equals ``optax.scale_by_adam`` with ``eps``
   replaced by ``eps / sqrt(1 - b2^t)`` (larger early in training), and
   ``optax.scale_by_amsgrad`` with the maximum taken over the raw second moment
@@ -222,8 +223,10 @@ def relativistic_adam(
         relax_optax.scale_by_relativistic(speed_limit, mode=mode, formula=formula),
     )
 
-  with ``optax.scale_by_amsgrad`` for ``amsgrad=True`` and the schedule
-  :func:`speed_limit_warmup` as the speed limit for ``adaptive_speed=True``.
+  with ``optax.scale_by_amsgrad`` for ``amsgrad=True``, the schedule
+  :func:`speed_limit_warmup` as the speed limit for ``adaptive_speed=True``,
+  and, for ``bias_correction="step_size"``, a version of Adam that bias-corrects
+  the step size instead of the moments (as the original does).
   For ``speed_limit`` much larger than the updates it equals ``optax.adam``.
 
   Differences from relativistic-adam 1.0.0 (PyTorch), each with the option
