@@ -9,6 +9,7 @@ Public API, all importable from the package root:
 - :mod:`relax_optax.autodiff`: forward- vs reverse-mode autodiff cost.
 """
 
+from relax_optax import autodiff as autodiff
 from relax_optax._alias import relativistic_adam as relativistic_adam
 from relax_optax._alias import relativistic_adamw as relativistic_adamw
 from relax_optax._alias import speed_limit_warmup as speed_limit_warmup
@@ -24,6 +25,7 @@ __all__ = (
     "FORMULAS",
     "MODES",
     "ScaleByRelativisticState",
+    "autodiff",
     "relativistic_adam",
     "relativistic_adamw",
     "relativistic_scale",
