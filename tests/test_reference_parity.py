@@ -10,8 +10,11 @@ after every step. Here the same gradients are replayed through
 float32, and every step's parameters must match.
 
 The error is the relative max-norm error per tensor and step,
-``max|ours - torch| / max|torch|``; the tolerance is 1e-5 for every case (the
-measured worst case is below 1e-6, see ``docs/migrating_from_pytorch.md``).
+``max|ours - torch| / max|torch|``; the tolerance on the parameters is 1e-5 for
+every case (the measured worst case is 7.3e-7, see
+``docs/migrating_from_pytorch.md``). A stricter test compares each step's
+update on its own, also at 1e-5 except for one case where the original's
+formula amplifies float32 rounding (measured cause stated at ``UPDATE_RTOL``).
 
 The original's ``relativistic_mode="global"`` takes the norm tensor by tensor
 (``torch.norm`` of each parameter separately), so it is identical to its
