@@ -22,7 +22,7 @@ from relax_optax._transform import scale_by_relativistic
 
 
 def speed_limit_warmup(
-    speed_limit: jax.typing.ArrayLike, warmup_steps: int
+    speed_limit: optax.ScalarOrSchedule, warmup_steps: int
 ) -> optax.Schedule:
   """The warm-up of relativistic-adam's ``adaptive_speed``: ``c·min(1, t/w)``.
 
@@ -30,7 +30,8 @@ def speed_limit_warmup(
   reference does, so the first step's limit is ``c / w``, never 0.
 
   Args:
-    speed_limit: the full speed limit ``c > 0``.
+    speed_limit: the full speed limit ``c > 0``, or a schedule ``c(t)`` (then
+      the warm-up multiplies it: ``c(t)·min(1, t/w)``).
     warmup_steps: ``w``, the number of steps to reach ``c``; ``w <= 0`` means
       no warm-up (the constant ``c``).
 
@@ -41,12 +42,13 @@ def speed_limit_warmup(
     relativistic-adam 1.0.0 (PyPI), ``RelativisticAdam._get_adaptive_speed_limit``.
   """
   check_range("speed_limit", speed_limit, lower=0.0, lower_open=True)
+  limit = speed_limit if callable(speed_limit) else lambda count: speed_limit
   if warmup_steps <= 0:
-    return lambda count: jnp.asarray(speed_limit, jnp.float32)
+    return lambda count: jnp.asarray(limit(count), jnp.float32)
 
   def schedule(count: jax.typing.ArrayLike) -> jax.Array:
     t = jnp.asarray(count, jnp.float32) + 1
-    return speed_limit * jnp.minimum(1.0, t / warmup_steps)
+    return limit(count) * jnp.minimum(1.0, t / warmup_steps)
 
   return schedule
 
@@ -198,7 +200,7 @@ def relativistic_adam(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     *,
-    speed_limit: jax.typing.ArrayLike = 0.1,
+    speed_limit: optax.ScalarOrSchedule = 0.1,
     mode: Mode = "per_param",
     formula: Formula = "lorentz",
     weight_decay: jax.typing.ArrayLike = 0.0,
@@ -248,7 +250,7 @@ def relativistic_adam(
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the second moment, in [0, 1).
     eps: non-negative term added to the denominator.
-    speed_limit: the speed limit ``c > 0`` in parameter units.
+    speed_limit: the speed limit ``c > 0`` in parameter units, or a schedule.
     mode: ``"global"``, ``"per_param"`` (default) or ``"per_component"``.
     formula: ``"lorentz"`` (default), ``"tanh"`` or ``"reference"``.
     weight_decay: non-negative coupled L2 coefficient, added to the gradient
@@ -310,7 +312,7 @@ def relativistic_adamw(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     *,
-    speed_limit: jax.typing.ArrayLike = 0.1,
+    speed_limit: optax.ScalarOrSchedule = 0.1,
     mode: Mode = "per_param",
     formula: Formula = "lorentz",
     weight_decay: jax.typing.ArrayLike = 1e-2,
@@ -348,7 +350,7 @@ def relativistic_adamw(
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the second moment, in [0, 1).
     eps: non-negative term added to the denominator.
-    speed_limit: the speed limit ``c > 0`` in parameter units.
+    speed_limit: the speed limit ``c > 0`` in parameter units, or a schedule.
     mode: ``"global"``, ``"per_param"`` (default) or ``"per_component"``.
     formula: ``"lorentz"`` (default), ``"tanh"`` or ``"reference"``.
     weight_decay: non-negative decoupled decay coefficient.

@@ -203,6 +203,17 @@ class TestRecipes:
       assert float(schedule(0)) == pytest.approx(0.2)
     schedule = relax_optax.speed_limit_warmup(0.2, 10)
     np.testing.assert_allclose([float(schedule(t)) for t in (0, 4, 9, 50)], [0.02, 0.1, 0.2, 0.2])
+    # A scheduled limit is warmed up too: c(t) · min(1, (t + 1) / w).
+    decay = optax.exponential_decay(0.2, transition_steps=1, decay_rate=0.5)
+    schedule = relax_optax.speed_limit_warmup(decay, 4)
+    np.testing.assert_allclose(
+        [float(schedule(t)) for t in range(5)],
+        [0.2 * 0.5**t * min(1.0, (t + 1) / 4) for t in range(5)], rtol=1e-6,
+    )
+    tx = relax_optax.relativistic_adam(speed_limit=decay, adaptive_speed=True)
+    params = _params()
+    u, _ = tx.update(jax.tree.map(lambda x: 1e3 * x, params), tx.init(params), params)
+    assert max(float(jnp.linalg.norm(x)) for x in jax.tree.leaves(u)) <= 0.2 / 4
 
 
 class TestValidation:
@@ -264,7 +275,9 @@ class TestOptaxWrappers:
     batched = jax.jit(jax.vmap(train))(inits)
     for i in range(3):
       alone = jax.jit(train)(jax.tree.map(lambda x, i=i: x[i], inits))
-      chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], batched), alone, rtol=1e-6)
+      chex.assert_trees_all_close(
+          jax.tree.map(lambda x, i=i: x[i], batched), alone, rtol=1e-6, atol=1e-6
+      )
 
   def test_inject_hyperparams_changes_lr_and_speed_limit_at_run_time(self):
     tx = optax.inject_hyperparams(relax_optax.relativistic_adam)(
