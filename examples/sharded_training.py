@@ -45,8 +45,8 @@ def init_params(key: jax.Array, sizes: tuple[int, ...]) -> dict[str, Any]:
   for i, (din, dout) in enumerate(itertools.pairwise(sizes)):
     key, sub = jax.random.split(key)
     params[f"layer{i}"] = {
-        "kernel": jax.random.normal(sub, (din, dout)) / np.sqrt(din),
-        "bias": jnp.zeros(dout),
+      "kernel": jax.random.normal(sub, (din, dout)) / np.sqrt(din),
+      "bias": jnp.zeros(dout),
     }
   return params
 
@@ -75,8 +75,12 @@ def fsdp_specs(params: dict[str, Any], n_devices: int) -> dict[str, Any]:
 
 def make_optimizer(learning_rate: float, speed_limit: float) -> optax.GradientTransformation:
   return relax_optax.relativistic_adamw(
-      learning_rate, speed_limit=speed_limit, mode="global", weight_decay=1e-4,
-      adaptive_speed=True, speed_warmup_steps=10,
+    learning_rate,
+    speed_limit=speed_limit,
+    mode="global",
+    weight_decay=1e-4,
+    adaptive_speed=True,
+    speed_warmup_steps=10,
   )
 
 
@@ -106,13 +110,13 @@ def train(params, x, y, tx, steps: int, progress: bool) -> tuple[Any, Any, list[
 
 
 def adam_with_speed_limit(
-    learning_rate: float, speed_limit: float, axis_name: str | None = None
+  learning_rate: float, speed_limit: float, axis_name: str | None = None
 ) -> optax.GradientTransformation:
   """Adam with a global speed limit; inside ``shard_map`` pass ``axis_name``."""
   return optax.chain(
-      optax.scale_by_adam(),
-      optax.scale_by_learning_rate(learning_rate),
-      relax_optax.scale_by_relativistic(speed_limit, mode="global", axis_name=axis_name),
+    optax.scale_by_adam(),
+    optax.scale_by_learning_rate(learning_rate),
+    relax_optax.scale_by_relativistic(speed_limit, mode="global", axis_name=axis_name),
   )
 
 
@@ -125,18 +129,20 @@ def shard_map_update(mesh, tx: optax.GradientTransformation, grads, state):
   n = mesh.shape[MESH_AXIS]
   grad_specs, state_specs = fsdp_specs(grads, n), fsdp_specs(state, n)
   sharded_update = jax.shard_map(
-      tx.update, mesh=mesh, in_specs=(grad_specs, state_specs),
-      out_specs=(grad_specs, state_specs),
+    tx.update,
+    mesh=mesh,
+    in_specs=(grad_specs, state_specs),
+    out_specs=(grad_specs, state_specs),
   )
   return jax.jit(sharded_update)(grads, state)
 
 
 def main(
-    steps: int = 100,
-    learning_rate: float = 3e-2,
-    speed_limit: float = 0.05,
-    plot: str | None = "sharded_training.png",
-    progress: bool = True,
+  steps: int = 100,
+  learning_rate: float = 3e-2,
+  speed_limit: float = 0.05,
+  plot: str | None = "sharded_training.png",
+  progress: bool = True,
 ) -> dict[str, float]:
   n = jax.device_count()
   mesh = jax.make_mesh((n,), (MESH_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
@@ -150,9 +156,7 @@ def main(
   tx = make_optimizer(learning_rate, speed_limit)
 
   def put(tree, tree_specs):
-    return jax.device_put(
-        tree, jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree_specs)
-    )
+    return jax.device_put(tree, jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree_specs))
 
   sharded = put(params, specs)
   xs, ys = put(x, P(MESH_AXIS, None)), put(y, P(MESH_AXIS, None))
@@ -168,15 +172,14 @@ def main(
   jit_tx = adam_with_speed_limit(learning_rate, speed_limit)
   jit_updates, _ = jax.jit(jit_tx.update)(grads, jit_tx.init(sharded))
   shard_map_difference = max(
-      float(jnp.max(jnp.abs(a - b)))
-      for a, b in zip(jax.tree.leaves(sm_updates), jax.tree.leaves(jit_updates), strict=True)
+    float(jnp.max(jnp.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(sm_updates), jax.tree.leaves(jit_updates), strict=True)
   )
 
   final_single, _, losses_single = train(params, x, y, tx, steps, progress)
   difference = max(
-      float(jnp.max(jnp.abs(a - b)))
-      for a, b in zip(jax.tree.leaves(final_sharded), jax.tree.leaves(final_single),
-                      strict=True)
+    float(jnp.max(jnp.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(final_sharded), jax.tree.leaves(final_single), strict=True)
   )
 
   print(f"devices: {n}, mesh {dict(mesh.shape)}")
@@ -206,9 +209,9 @@ def main(
     print(f"wrote {plot}")
 
   return {
-      "final_loss": losses_sharded[-1],
-      "max_abs_difference": difference,
-      "shard_map_max_abs_difference": shard_map_difference,
+    "final_loss": losses_sharded[-1],
+    "max_abs_difference": difference,
+    "shard_map_max_abs_difference": shard_map_difference,
   }
 
 
@@ -217,13 +220,16 @@ if __name__ == "__main__":
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--learning-rate", type=float, default=3e-2)
   parser.add_argument("--speed-limit", type=float, default=0.05)
-  parser.add_argument("--devices", type=int, default=8,
-                      help="CPU devices to simulate (read when JAX starts its backend)")
+  parser.add_argument(
+    "--devices",
+    type=int,
+    default=8,
+    help="CPU devices to simulate (read when JAX starts its backend)",
+  )
   parser.add_argument("--plot", default="sharded_training.png", help="'' for none")
   args = parser.parse_args()
   if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + f" --xla_force_host_platform_device_count={args.devices}"
+      os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
     )
   main(args.steps, args.learning_rate, args.speed_limit, args.plot or None)

@@ -37,54 +37,60 @@ NAN_STEP = 6  # for "apply-if-finite": the batch at this step is bad
 
 def _adam_warmup() -> optax.GradientTransformation:
   return relax_optax.relativistic_adam(
-      0.05, speed_limit=0.02, mode="global", adaptive_speed=True, speed_warmup_steps=7
+    0.05, speed_limit=0.02, mode="global", adaptive_speed=True, speed_warmup_steps=7
   )
 
 
 def _multi_steps() -> optax.GradientTransformation:
   inner = relax_optax.relativistic_adamw(
-      0.05, speed_limit=0.02, mode="per_component", formula="tanh", weight_decay=1e-2,
-      adaptive_speed=True, speed_warmup_steps=5,
+    0.05,
+    speed_limit=0.02,
+    mode="per_component",
+    formula="tanh",
+    weight_decay=1e-2,
+    adaptive_speed=True,
+    speed_warmup_steps=5,
   )
   return optax.MultiSteps(inner, every_k_schedule=3)  # K = 4: mid-accumulation
 
 
 def _inject_hyperparams() -> optax.GradientTransformation:
   return optax.inject_hyperparams(
-      relax_optax.relativistic_adam,
-      static_args=("mode", "formula", "adaptive_speed", "speed_warmup_steps"),
+    relax_optax.relativistic_adam,
+    static_args=("mode", "formula", "adaptive_speed", "speed_warmup_steps"),
   )(
-      learning_rate=optax.cosine_decay_schedule(0.1, T), speed_limit=0.03,
-      mode="per_param", adaptive_speed=True, speed_warmup_steps=6,
+    learning_rate=optax.cosine_decay_schedule(0.1, T),
+    speed_limit=0.03,
+    mode="per_param",
+    adaptive_speed=True,
+    speed_warmup_steps=6,
   )
 
 
 def _bfloat16() -> optax.GradientTransformation:
-  return relax_optax.relativistic_adam(
-      0.05, speed_limit=0.02, mode="global", mu_dtype=jnp.bfloat16
-  )
+  return relax_optax.relativistic_adam(0.05, speed_limit=0.02, mode="global", mu_dtype=jnp.bfloat16)
 
 
 def _apply_if_finite() -> optax.GradientTransformation:
   return optax.apply_if_finite(
-      optax.MultiSteps(_adam_warmup(), every_k_schedule=2), max_consecutive_errors=2
+    optax.MultiSteps(_adam_warmup(), every_k_schedule=2), max_consecutive_errors=2
   )
 
 
 CONFIGS: dict[str, tuple[Callable[[], optax.GradientTransformation], jnp.dtype]] = {
-    "adam-warmup": (_adam_warmup, jnp.float32),
-    "multi-steps": (_multi_steps, jnp.float32),
-    "inject-hyperparams": (_inject_hyperparams, jnp.float32),
-    "bfloat16": (_bfloat16, jnp.bfloat16),
-    "apply-if-finite": (_apply_if_finite, jnp.float32),
+  "adam-warmup": (_adam_warmup, jnp.float32),
+  "multi-steps": (_multi_steps, jnp.float32),
+  "inject-hyperparams": (_inject_hyperparams, jnp.float32),
+  "bfloat16": (_bfloat16, jnp.bfloat16),
+  "apply-if-finite": (_apply_if_finite, jnp.float32),
 }
 
 
 def _init_params(dtype) -> dict[str, jax.Array]:
   rng = np.random.default_rng(0)
   return {
-      "w": jnp.asarray(rng.normal(size=(3, 2)), dtype),
-      "b": jnp.zeros(2, dtype),
+    "w": jnp.asarray(rng.normal(size=(3, 2)), dtype),
+    "b": jnp.zeros(2, dtype),
   }
 
 
@@ -129,9 +135,9 @@ def _abstract(name: str) -> dict:
   tx, dtype = CONFIGS[name][0](), CONFIGS[name][1]
   params = jax.eval_shape(lambda: _init_params(dtype))
   return {
-      "params": params,
-      "opt_state": jax.eval_shape(tx.init, params),
-      "step": jax.ShapeDtypeStruct((), jnp.int32),
+    "params": params,
+    "opt_state": jax.eval_shape(tx.init, params),
+    "step": jax.ShapeDtypeStruct((), jnp.int32),
   }
 
 
@@ -171,14 +177,21 @@ def runs(tmp_path_factory) -> dict[str, dict]:
     _save(ckpt_root / name, params_k, state_k, K)
     uninterrupted[name] = _train(name, params_k, state_k, K, T)
   proc = subprocess.run(
-      [sys.executable, __file__, "resume", str(ckpt_root), str(out_root)],
-      capture_output=True, text=True, timeout=600, check=False, env=dict(os.environ),
+    [sys.executable, __file__, "resume", str(ckpt_root), str(out_root)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+    env=dict(os.environ),
   )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   return {
-      name: {"uninterrupted": uninterrupted[name], "resumed": _restore(out_root / name, name),
-             "at_k": _restore(ckpt_root / name, name)}
-      for name in CONFIGS
+    name: {
+      "uninterrupted": uninterrupted[name],
+      "resumed": _restore(out_root / name, name),
+      "at_k": _restore(ckpt_root / name, name),
+    }
+    for name in CONFIGS
   }
 
 

@@ -70,9 +70,7 @@ def _assert_matches(actual: list, expected: list, dtypes: list) -> None:
     # A few roundings of the input's dtype (the compute dtype is at least
     # float32), plus the smallest normal number for flushed subnormals.
     rtol = max(4 * float(info.eps), 1e-6) if info.bits < 64 else 1e-11
-    np.testing.assert_allclose(
-        np.asarray(v, np.float64), e, rtol=rtol, atol=float(info.tiny)
-    )
+    np.testing.assert_allclose(np.asarray(v, np.float64), e, rtol=rtol, atol=float(info.tiny))
 
 
 def _tree_np() -> dict[str, np.ndarray]:
@@ -133,8 +131,9 @@ def test_finite_update_whose_square_overflows_saturates(mode, formula, dtype):
   # direction of u, computed without overflow.
   c = 1e-3
   u = {"w": jnp.asarray([3e38, -3e38, 1e38, 0.0], dtype)}
-  out = np.asarray(relax_optax.relativistic_scale(u, c, mode=mode, formula=formula)["w"],
-                   np.float64)
+  out = np.asarray(
+    relax_optax.relativistic_scale(u, c, mode=mode, formula=formula)["w"], np.float64
+  )
   w = np.asarray(u["w"], np.float64)
   if mode == "per_component":
     expected = c * np.sign(w)
@@ -220,16 +219,16 @@ def _run(tx, step, batches):
 
 
 @pytest.mark.parametrize(
-    ("mode", "bad_value"),
-    [("global", np.nan), ("per_param", np.inf), ("per_component", np.nan)],
+  ("mode", "bad_value"),
+  [("global", np.nan), ("per_param", np.inf), ("per_component", np.nan)],
 )
 def test_apply_if_finite_skips_a_bad_step_exactly(mode, bad_value):
   # A warm-up schedule and Adam's count: neither may advance on the skipped step.
   tx = optax.apply_if_finite(
-      relax_optax.relativistic_adam(
-          0.1, speed_limit=0.05, mode=mode, adaptive_speed=True, speed_warmup_steps=4
-      ),
-      max_consecutive_errors=3,
+    relax_optax.relativistic_adam(
+      0.1, speed_limit=0.05, mode=mode, adaptive_speed=True, speed_warmup_steps=4
+    ),
+    max_consecutive_errors=3,
   )
 
   @jax.jit
@@ -260,19 +259,19 @@ def test_apply_if_finite_skips_a_bad_step_exactly(mode, bad_value):
 # Decimal exponent range per dtype, "where the dtype allows" (float16 holds
 # 6e-8 … 65504).
 _EXPONENTS = {
-    "float16": (-7.0, 4.8),
-    "bfloat16": (-30.0, 30.0),
-    "float32": (-30.0, 30.0),
-    "float64": (-30.0, 30.0),
+  "float16": (-7.0, 4.8),
+  "bfloat16": (-30.0, 30.0),
+  "float32": (-30.0, 30.0),
+  "float64": (-30.0, 30.0),
 }
 _SHAPES = ((5,), (2, 3))
 
 
 def _all_variants(tree, c):
   return {
-      (mode, formula): relax_optax.relativistic_scale(tree, c, mode=mode, formula=formula)
-      for mode in MODES
-      for formula in FORMULAS
+    (mode, formula): relax_optax.relativistic_scale(tree, c, mode=mode, formula=formula)
+    for mode in MODES
+    for formula in FORMULAS
   }
 
 
@@ -316,8 +315,10 @@ def _check_extremes(dtype, leaves, c):
 
 
 _HYPOTHESIS = settings(
-    max_examples=30, deadline=None, derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
+  max_examples=30,
+  deadline=None,
+  derandomize=True,
+  suppress_health_check=[HealthCheck.too_slow],
 )
 
 
@@ -372,15 +373,14 @@ def _array_leaf(draw):
 
 _EMPTY = st.sampled_from([{}, [], (), None])
 _pytrees = st.recursive(
-    st.one_of(_array_leaf(), _EMPTY),
-    lambda children: st.one_of(
-        st.dictionaries(st.sampled_from(["w", "b", "kernel", "scale"]), children,
-                        max_size=3),
-        st.lists(children, max_size=3),
-        st.lists(children, max_size=3).map(tuple),
-        st.builds(Pair, children, children),
-    ),
-    max_leaves=6,
+  st.one_of(_array_leaf(), _EMPTY),
+  lambda children: st.one_of(
+    st.dictionaries(st.sampled_from(["w", "b", "kernel", "scale"]), children, max_size=3),
+    st.lists(children, max_size=3),
+    st.lists(children, max_size=3).map(tuple),
+    st.builds(Pair, children, children),
+  ),
+  max_leaves=6,
 )
 
 
@@ -388,10 +388,16 @@ def _leaf_dtype(x):
   return jnp.asarray(x).dtype
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(_pytrees, st.sampled_from(MODES), st.sampled_from(FORMULAS),
-       st.floats(0.01, 100.0), st.integers(0, 2))
+@settings(
+  max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+  _pytrees,
+  st.sampled_from(MODES),
+  st.sampled_from(FORMULAS),
+  st.floats(0.01, 100.0),
+  st.integers(0, 2),
+)
 def test_arbitrary_pytrees_through_every_mode(tree, mode, formula, c, which_tx):
   out = relax_optax.relativistic_scale(tree, c, mode=mode, formula=formula)
   assert jax.tree.structure(out) == jax.tree.structure(tree)
@@ -405,10 +411,9 @@ def test_arbitrary_pytrees_through_every_mode(tree, mode, formula, c, which_tx):
   # The transformation (constant or scheduled limit) or an optimizer built
   # from it, on the same tree.
   tx = (
-      relax_optax.scale_by_relativistic(c, mode=mode, formula=formula),
-      relax_optax.scale_by_relativistic(optax.constant_schedule(c), mode=mode,
-                                        formula=formula),
-      relax_optax.relativistic_adam(0.1, speed_limit=c, mode=mode, formula=formula),
+    relax_optax.scale_by_relativistic(c, mode=mode, formula=formula),
+    relax_optax.scale_by_relativistic(optax.constant_schedule(c), mode=mode, formula=formula),
+    relax_optax.relativistic_adam(0.1, speed_limit=c, mode=mode, formula=formula),
   )[which_tx]
   updates, _ = tx.update(tree, tx.init(tree), tree)
   assert jax.tree.structure(updates) == jax.tree.structure(tree)
@@ -416,14 +421,14 @@ def test_arbitrary_pytrees_through_every_mode(tree, mode, formula, c, which_tx):
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [
-        {"a": jnp.ones(2)},  # a missing key
-        {"a": jnp.ones(2), "c": jnp.ones(3)},  # a different key
-        [jnp.ones(2), jnp.ones(3)],  # a list instead of a dict
-        {"a": jnp.ones(2), "b": (jnp.ones(3),)},  # a tuple instead of a leaf
-    ],
-    ids=["missing-key", "other-key", "list", "extra-level"],
+  "bad",
+  [
+    {"a": jnp.ones(2)},  # a missing key
+    {"a": jnp.ones(2), "c": jnp.ones(3)},  # a different key
+    [jnp.ones(2), jnp.ones(3)],  # a list instead of a dict
+    {"a": jnp.ones(2), "b": (jnp.ones(3),)},  # a tuple instead of a leaf
+  ],
+  ids=["missing-key", "other-key", "list", "extra-level"],
 )
 @pytest.mark.parametrize("wrapper", ["none", "multi_steps", "apply_if_finite"])
 def test_mismatched_updates_and_state_raise_a_clear_error(bad, wrapper):

@@ -28,10 +28,10 @@ N_DEVICES = 8
 _CHECKS: dict[str, Callable[[], None]] = {}
 # Checks that document a guarantee which does not hold yet (name -> reason).
 _KNOWN_FAILURES: dict[str, str] = {
-    "check_shard_map_mixed_replicated_and_sharded_leaves": (
-        "with axis_name, a leaf replicated over the axis is psummed like a sharded"
-        " one, so its squared norm is counted once per device"
-    ),
+  "check_shard_map_mixed_replicated_and_sharded_leaves": (
+    "with axis_name, a leaf replicated over the axis is psummed like a sharded"
+    " one, so its squared norm is counted once per device"
+  ),
 }
 
 
@@ -51,13 +51,11 @@ def _setup():
   import numpy as np
 
   params = {
-      "dense1": {"kernel": jnp.zeros((16, 32)), "bias": jnp.zeros(32)},
-      "dense2": {"kernel": jnp.zeros((32, 8)), "bias": jnp.zeros(8)},
+    "dense1": {"kernel": jnp.zeros((16, 32)), "bias": jnp.zeros(32)},
+    "dense2": {"kernel": jnp.zeros((32, 8)), "bias": jnp.zeros(8)},
   }
   rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda p: jnp.asarray(rng.normal(0.0, 0.3, p.shape), jnp.float32), params
-  )
+  params = jax.tree.map(lambda p: jnp.asarray(rng.normal(0.0, 0.3, p.shape), jnp.float32), params)
   x = jnp.asarray(rng.normal(size=(64, 16)), jnp.float32)
   y = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
   return params, x, y
@@ -118,15 +116,19 @@ def _optimizers(which: int):
     yield "per_param", relax_optax.relativistic_adam(0.05, speed_limit=0.02)
   else:
     yield (
-        "global-tanh-warmup",
-        relax_optax.relativistic_adamw(
-            0.05, speed_limit=0.02, mode="global", formula="tanh", adaptive_speed=True,
-            speed_warmup_steps=3,
-        ),
+      "global-tanh-warmup",
+      relax_optax.relativistic_adamw(
+        0.05,
+        speed_limit=0.02,
+        mode="global",
+        formula="tanh",
+        adaptive_speed=True,
+        speed_warmup_steps=3,
+      ),
     )
     yield (
-        "per_component",
-        relax_optax.relativistic_adam(0.05, speed_limit=0.02, mode="per_component"),
+      "per_component",
+      relax_optax.relativistic_adam(0.05, speed_limit=0.02, mode="per_component"),
     )
 
 
@@ -163,8 +165,8 @@ def _fsdp_specs():
   from jax.sharding import PartitionSpec as P
 
   return {
-      "dense1": {"kernel": P("fsdp", None), "bias": P("fsdp")},
-      "dense2": {"kernel": P("fsdp", None), "bias": P("fsdp")},
+    "dense1": {"kernel": P("fsdp", None), "bias": P("fsdp")},
+    "dense2": {"kernel": P("fsdp", None), "bias": P("fsdp")},
   }
 
 
@@ -190,8 +192,8 @@ def check_two_axes_matches_single_device():
 
   mesh = _mesh((4, 2), ("data", "model"))
   specs = {
-      "dense1": {"kernel": P("data", "model"), "bias": P("model")},
-      "dense2": {"kernel": P("model", "data"), "bias": P()},
+    "dense1": {"kernel": P("data", "model"), "bias": P("model")},
+    "dense2": {"kernel": P("model", "data"), "bias": P()},
   }
   _sharded_vs_single(mesh, specs, P("data", None), which=1)
 
@@ -215,9 +217,8 @@ def _uneven_updates():
   kernel = rng.normal(size=(16, 32)) * 1e-3
   kernel[2:4] *= 1e3  # all the mass in the second of 8 row shards
   return {
-      "dense1": {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.full(32, 0.5)},
-      "dense2": {"kernel": jnp.asarray(rng.normal(size=(32, 8)), jnp.float32),
-                 "bias": jnp.zeros(8)},
+    "dense1": {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.full(32, 0.5)},
+    "dense2": {"kernel": jnp.asarray(rng.normal(size=(32, 8)), jnp.float32), "bias": jnp.zeros(8)},
   }
 
 
@@ -236,9 +237,7 @@ def check_global_norm_covers_whole_sharded_model():
   tx = relax_optax.scale_by_relativistic(c, mode="global")
   for explicit in (False, True):
     mesh = _mesh((8,), ("fsdp",), explicit=explicit)
-    sharded = jax.device_put(
-        updates, jax.tree.map(lambda s: NamedSharding(mesh, s), _fsdp_specs())
-    )
+    sharded = jax.device_put(updates, jax.tree.map(lambda s: NamedSharding(mesh, s), _fsdp_specs()))
     # Auto axes: the transformation; explicit axes: the pure function.
     if not explicit:
       fn = jax.jit(lambda u: tx.update(u, tx.init(u))[0])
@@ -248,8 +247,8 @@ def check_global_norm_covers_whole_sharded_model():
     chex.assert_trees_all_close(out, expected, rtol=1e-5, atol=1e-8)
     # One factor for every entry of every shard.
     ratios = [
-        np.asarray(v)[np.asarray(u) != 0] / np.asarray(u)[np.asarray(u) != 0]
-        for u, v in zip(jax.tree.leaves(updates), jax.tree.leaves(out), strict=True)
+      np.asarray(v)[np.asarray(u) != 0] / np.asarray(u)[np.asarray(u) != 0]
+      for u, v in zip(jax.tree.leaves(updates), jax.tree.leaves(out), strict=True)
     ]
     ratios = np.concatenate(ratios)
     np.testing.assert_allclose(ratios, ratios[0], rtol=1e-5)
@@ -270,8 +269,8 @@ def check_state_keeps_param_shardings():
 
   mesh = _mesh((4, 2), ("data", "model"), explicit=True)
   specs = {
-      "dense1": {"kernel": P("data", "model"), "bias": P("model")},
-      "dense2": {"kernel": P("model", "data"), "bias": P()},
+    "dense1": {"kernel": P("data", "model"), "bias": P("model")},
+    "dense2": {"kernel": P("model", "data"), "bias": P()},
   }
   params, _, _ = _setup()
   targets = jax.tree.map(lambda p: 0.5 * p + 1.0, params)
@@ -280,7 +279,7 @@ def check_state_keeps_param_shardings():
     sharded_targets = jax.device_put(targets, specs)
     for mode in ("global", "per_component"):
       tx = relax_optax.relativistic_adam(
-          0.05, speed_limit=0.02, mode=mode, adaptive_speed=True, speed_warmup_steps=2
+        0.05, speed_limit=0.02, mode=mode, adaptive_speed=True, speed_warmup_steps=2
       )
       # Under jit too, init gives each moment its parameter's sharding type.
       state = jax.jit(tx.init)(sharded)
@@ -309,13 +308,13 @@ def check_init_on_shape_dtype_structs():
   shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), _fsdp_specs())
   params, _, _ = _setup()
   abstract = jax.tree.map(
-      lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params, shardings
+    lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params, shardings
   )
   for tx in (
-      relax_optax.relativistic_adam(mode="global", adaptive_speed=True),
-      relax_optax.relativistic_adamw(mu_dtype=jnp.bfloat16),
-      optax.MultiSteps(relax_optax.relativistic_adam(), every_k_schedule=2),
-      relax_optax.scale_by_relativistic(optax.linear_schedule(0.0, 1.0, 10)),
+    relax_optax.relativistic_adam(mode="global", adaptive_speed=True),
+    relax_optax.relativistic_adamw(mu_dtype=jnp.bfloat16),
+    optax.MultiSteps(relax_optax.relativistic_adam(), every_k_schedule=2),
+    relax_optax.scale_by_relativistic(optax.linear_schedule(0.0, 1.0, 10)),
   ):
     abstract_state = jax.eval_shape(tx.init, abstract)
     with jax.set_mesh(mesh):
@@ -354,9 +353,7 @@ def check_shard_map_axis_name_reduces_global_norm():
     expected = relax_optax.relativistic_scale(updates, c, mode=mode)
     if mode == "global":
       chex.assert_trees_all_close(expected, _global_expectation(updates, c), rtol=1e-5)
-    fn = lambda u, mode=mode: relax_optax.relativistic_scale(
-        u, c, mode=mode, axis_name="fsdp"
-    )
+    fn = lambda u, mode=mode: relax_optax.relativistic_scale(u, c, mode=mode, axis_name="fsdp")
     out = _shard_map_run(mesh, fn, (specs,), sharded)
     chex.assert_trees_all_close(out, expected, rtol=1e-5, atol=1e-8)
 
@@ -364,27 +361,27 @@ def check_shard_map_axis_name_reduces_global_norm():
   # sharded like the parameters, the step count replicated, several steps.
   def make(axis_name):
     return optax.chain(
-        optax.scale_by_adam(),
-        optax.scale_by_learning_rate(0.05),
-        relax_optax.scale_by_relativistic(
-            optax.linear_schedule(0.01, 0.05, 3), mode="global", axis_name=axis_name
-        ),
+      optax.scale_by_adam(),
+      optax.scale_by_learning_rate(0.05),
+      relax_optax.scale_by_relativistic(
+        optax.linear_schedule(0.01, 0.05, 3), mode="global", axis_name=axis_name
+      ),
     )
 
   single, multi = make(None), make("fsdp")
   state1 = single.init(updates)
   staten = jax.device_put(
-      state1,
-      jax.tree.map(
-          lambda x: NamedSharding(mesh, P("fsdp") if x.ndim else P()), state1
-      ),
+    state1,
+    jax.tree.map(lambda x: NamedSharding(mesh, P("fsdp") if x.ndim else P()), state1),
   )
   state_specs = jax.tree.map(lambda x: x.sharding.spec, staten)
   step = jax.jit(
-      jax.shard_map(
-          multi.update, mesh=mesh, in_specs=(specs, state_specs),
-          out_specs=(specs, state_specs),
-      )
+    jax.shard_map(
+      multi.update,
+      mesh=mesh,
+      in_specs=(specs, state_specs),
+      out_specs=(specs, state_specs),
+    )
   )
   for i in range(3):
     grads = jax.tree.map(lambda u, i=i: u * (i + 1.0), updates)
@@ -411,14 +408,14 @@ def check_shard_map_without_axis_name_uses_each_shards_norm():
   updates = _uneven_updates()
   sharded = jax.device_put(updates, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
   local = _shard_map_run(
-      mesh, lambda u: relax_optax.relativistic_scale(u, c, mode="global"), (specs,), sharded
+    mesh, lambda u: relax_optax.relativistic_scale(u, c, mode="global"), (specs,), sharded
   )
   # Device d's group: the d-th row block of every leaf.
   for d in range(8):
-    block = jax.tree.map(lambda u, d=d: np.asarray(u)[d * len(u) // 8 : (d + 1) * len(u) // 8],
-                         updates)
-    got = jax.tree.map(lambda v, d=d: np.asarray(v)[d * len(v) // 8 : (d + 1) * len(v) // 8],
-                       local)
+    block = jax.tree.map(
+      lambda u, d=d: np.asarray(u)[d * len(u) // 8 : (d + 1) * len(u) // 8], updates
+    )
+    got = jax.tree.map(lambda v, d=d: np.asarray(v)[d * len(v) // 8 : (d + 1) * len(v) // 8], local)
     chex.assert_trees_all_close(got, _global_expectation(block, c), rtol=1e-5, atol=1e-8)
 
 
@@ -439,7 +436,7 @@ def check_shard_map_axis_name_saturates_globally():
   us = jax.device_put(jnp.asarray(u), NamedSharding(mesh, P("x")))
   for formula in relax_optax.FORMULAS:
     fn = lambda v, f=formula: relax_optax.relativistic_scale(
-        {"w": v}, 2.0, mode="global", formula=f, axis_name="x"
+      {"w": v}, 2.0, mode="global", formula=f, axis_name="x"
     )["w"]
     out = np.asarray(_shard_map_run(mesh, fn, (P("x"),), us))
     expected = np.zeros(64, np.float32)
@@ -460,8 +457,8 @@ def check_pmap_axis_name_reduces_global_norm():
   full = {"a": rng.normal(size=(8, 4)).astype(np.float32), "b": np.ones((8, 2), np.float32)}
   expected = _global_expectation(full, c)
   out = jax.pmap(
-      lambda u: relax_optax.relativistic_scale(u, c, mode="global", axis_name="i"),
-      axis_name="i",
+    lambda u: relax_optax.relativistic_scale(u, c, mode="global", axis_name="i"),
+    axis_name="i",
   )(full)
   chex.assert_trees_all_close(out, expected, rtol=1e-5, atol=1e-8)
 
@@ -479,16 +476,14 @@ def check_shard_map_mixed_replicated_and_sharded_leaves():
   c = 0.5
   mesh = _mesh((8,), ("fsdp",))
   specs = {
-      "dense1": {"kernel": P("fsdp", None), "bias": P()},
-      "dense2": {"kernel": P("fsdp", None), "bias": P()},
+    "dense1": {"kernel": P("fsdp", None), "bias": P()},
+    "dense2": {"kernel": P("fsdp", None), "bias": P()},
   }
   updates = _uneven_updates()
   sharded = jax.device_put(updates, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
   for mode in ("global", "per_param"):
     expected = relax_optax.relativistic_scale(updates, c, mode=mode)
-    fn = lambda u, mode=mode: relax_optax.relativistic_scale(
-        u, c, mode=mode, axis_name="fsdp"
-    )
+    fn = lambda u, mode=mode: relax_optax.relativistic_scale(u, c, mode=mode, axis_name="fsdp")
     out = _shard_map_run(mesh, fn, (specs,), sharded)
     chex.assert_trees_all_close(out, expected, rtol=1e-5, atol=1e-8)
 
@@ -532,28 +527,32 @@ def reports(tmp_path_factory) -> dict[str, str]:
   out = tmp_path_factory.mktemp("sharding") / "reports.json"
   env = dict(os.environ)
   env["XLA_FLAGS"] = (
-      env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
+    env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
   ).strip()
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run(
-      [sys.executable, __file__, str(out)], env=env, capture_output=True, text=True,
-      timeout=600, check=False,
+    [sys.executable, __file__, str(out)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
   )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   return json.loads(out.read_text())
 
 
 @pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=[pytest.mark.xfail(strict=True, reason=_KNOWN_FAILURES[name])]
-            if name in _KNOWN_FAILURES
-            else [],
-        )
-        for name in _CHECKS
-    ],
+  "name",
+  [
+    pytest.param(
+      name,
+      marks=[pytest.mark.xfail(strict=True, reason=_KNOWN_FAILURES[name])]
+      if name in _KNOWN_FAILURES
+      else [],
+    )
+    for name in _CHECKS
+  ],
 )
 def test_sharded(reports: dict[str, str], name: str) -> None:
   assert reports[name] == "ok", reports[name]
@@ -563,6 +562,6 @@ if __name__ == "__main__":
   if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     # Read when the backend starts (jax is not imported at this point).
     os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
+      os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
     )
   _run_checks(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("sharding_reports.json"))
