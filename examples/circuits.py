@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     jax.config.update("jax_platforms", args.platform)
   device = jax.devices()[0]
   print(f"XLA device: {device.platform.upper()} {device.device_kind} ({device})")
-  names = list(TASKS) if args.task == "all" else [args.task]
+  names = list(TASKS) if "all" in args.task else args.task
   init = args.init or ("notebook" if args.seeds == 1 else "random")
   if init == "notebook" and args.seeds > 1:
     raise SystemExit("--init notebook gives one initialisation; use --seeds 1")
@@ -590,7 +590,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--task", default="all", choices=["all", *TASKS])
+  p.add_argument("--task", nargs="+", default=["all"], choices=["all", *TASKS],
+                 help="one or more tasks")
   p.add_argument("--optimizer", default="sgd", choices=list(DEFAULT_LR))
   p.add_argument("--lr", type=float, default=None,
                  help="learning rate (default: sgd 1e-4 as the notebook, adam 1e-3)")
