@@ -468,6 +468,7 @@ def check_shard_map_mixed_replicated_and_sharded_leaves():
   """FSDP under shard_map often keeps small leaves (biases) replicated."""
   import chex
   import jax
+  import jax.numpy as jnp
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
@@ -479,13 +480,19 @@ def check_shard_map_mixed_replicated_and_sharded_leaves():
     "dense1": {"kernel": P("fsdp", None), "bias": P()},
     "dense2": {"kernel": P("fsdp", None), "bias": P()},
   }
-  updates = _uneven_updates()
-  sharded = jax.device_put(updates, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
-  for mode in ("global", "per_param"):
-    expected = relax_optax.relativistic_scale(updates, c, mode=mode)
-    fn = lambda u, mode=mode: relax_optax.relativistic_scale(u, c, mode=mode, axis_name="fsdp")
-    out = _shard_map_run(mesh, fn, (specs,), sharded)
-    chex.assert_trees_all_close(out, expected, rtol=1e-5, atol=1e-8)
+  finite = _uneven_updates()
+  # The saturated path too: an infinite entry in a replicated leaf, and one
+  # whose (u/c)² overflows in a sharded leaf.
+  saturated = jax.tree.map(lambda u: u, finite)
+  saturated["dense1"]["bias"] = finite["dense1"]["bias"].at[3].set(jnp.inf)
+  saturated["dense2"]["kernel"] = finite["dense2"]["kernel"].at[5, 1].set(-3e38)
+  for updates in (finite, saturated):
+    sharded = jax.device_put(updates, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
+    for mode in ("global", "per_param"):
+      expected = relax_optax.relativistic_scale(updates, c, mode=mode)
+      fn = lambda u, mode=mode: relax_optax.relativistic_scale(u, c, mode=mode, axis_name="fsdp")
+      out = _shard_map_run(mesh, fn, (specs,), sharded)
+      chex.assert_trees_all_close(out, expected, rtol=1e-5, atol=1e-8)
 
 
 @_check
