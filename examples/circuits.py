@@ -461,6 +461,7 @@ def plot_curves(results: list[Result], path: str, init: str) -> None:
       ax.semilogy(nb_steps, task.losses, "k.", ms=5, label="notebook (PyTorch)")
     ax.axhline(SUCCESS_MSE, color="gray", lw=0.8, ls=":")
     ax.set_title(f"{task.name}: {task.formula}, {task.sizes}")
+    ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k")
     ax.set_xlabel("step")
     ax.set_ylabel("test MSE")
     ax.legend(fontsize=8)
