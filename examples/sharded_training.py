@@ -2,22 +2,22 @@
 
 The optimizer needs nothing special under ``jax.jit`` with sharded arrays:
 shard the parameters with ``NamedSharding``, initialise the optimizer state
-under ``jit`` (it takes the parameters' shardings) and train. ``mode="global"``
-takes one norm over the *whole* model, not per shard: ``jit`` inserts the
-cross-device reduction itself.
+with ``tx.init(params)`` (each Adam moment takes its parameter's sharding) and
+train. ``mode="global"`` takes one norm over the *whole* model, not per
+shard: ``jit`` inserts the cross-device reduction itself.
 
 Inside ``jax.shard_map`` each device only sees its own shards, so the norm
 must be summed across the mesh axis explicitly: pass
 ``axis_name=`` to ``scale_by_relativistic`` (every leaf must then be sharded
 over that axis: a replicated leaf would be counted once per device).
 
-On a machine with one CPU, the script simulates 8 devices
+On CPU, the script simulates 8 devices
 (``--xla_force_host_platform_device_count``). It trains a small MLP
 (pure JAX, so the shardings stay visible) on a regression task, once sharded
 and once on one device, and prints both losses: they agree to float32
 rounding.
 
-    python examples/sharded_training.py --steps 100
+    python examples/sharded_training.py --steps 100 --plot sharded_training.png
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def main(
   steps: int = 100,
   learning_rate: float = 3e-2,
   speed_limit: float = 0.05,
-  plot: str | None = "sharded_training.png",
+  plot: str | None = None,
   progress: bool = True,
 ) -> dict[str, float]:
   n = jax.device_count()
@@ -226,10 +226,10 @@ if __name__ == "__main__":
     default=8,
     help="CPU devices to simulate (read when JAX starts its backend)",
   )
-  parser.add_argument("--plot", default="sharded_training.png", help="'' for none")
+  parser.add_argument("--plot", default=None, help="write the loss curves to this PNG")
   args = parser.parse_args()
   if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
       os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
     )
-  main(args.steps, args.learning_rate, args.speed_limit, args.plot or None)
+  main(args.steps, args.learning_rate, args.speed_limit, args.plot)

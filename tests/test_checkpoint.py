@@ -204,6 +204,7 @@ def test_resumed_run_is_bit_identical(runs, name):
   chex.assert_trees_all_equal(resumed["opt_state"], state, strict=True)
   chex.assert_trees_all_equal_dtypes(resumed["opt_state"], state)
   assert int(resumed["step"]) == T
+  chex.assert_tree_all_finite(params)  # the NaN batch, if any, was skipped
   # The run is not trivial: it moved after the interruption.
   moved = runs[name]["at_k"]["params"]["w"]
   assert not np.array_equal(np.asarray(moved), np.asarray(params["w"]))

@@ -503,6 +503,7 @@ def check_example_sharded_training_runs():
   example = runpy.run_path(str(root / "examples" / "sharded_training.py"))
   summary = example["main"](steps=3, plot=None, progress=False)
   assert summary["max_abs_difference"] < 1e-5, summary
+  assert summary["shard_map_max_abs_difference"] < 1e-6, summary
 
 
 # ---------------------------------------------------------------------------
