@@ -552,20 +552,27 @@ def main(argv: list[str] | None = None) -> list[Result]:
                   f"< {SUCCESS_MSE:g}; median {np.median(final):.3g}; "
                   f"wall {r.seconds:.1f} s")
 
-  print("\n| task | steps | final test MSE" + (" (median)" if args.seeds > 1 else "")
-        + (" | success" if args.seeds > 1 else " | notebook (last printed)")
-        + " | wall s |")
-  print("| --- | ---: | ---: | ---: | ---: |")
-  for r in results:
-    task = TASKS[r.task]
-    final = r.test_mse[:, -1]
-    if args.seeds > 1:
-      col = f"{np.mean(final < SUCCESS_MSE):.0%}"
-      val = np.median(final)
-    else:
-      col = f"{task.losses[-1]:.3g}" if init == "notebook" else "-"
-      val = final[0]
-    print(f"| {r.task} | {r.steps[-1]:,} | {val:.3g} | {col} | {r.seconds:.1f} |")
+  if args.seeds > 1:
+    print(f"\n| task | steps | success (test MSE < {SUCCESS_MSE:g}) | median final test MSE "
+          "| wall s |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in results:
+      final = r.test_mse[:, -1]
+      print(f"| {r.task} | {r.steps[-1]:,} | {np.mean(final < SUCCESS_MSE):.0%} "
+            f"({np.sum(final < SUCCESS_MSE)}/{len(final)}) | {np.median(final):.3g} "
+            f"| {r.seconds:.1f} |")
+  else:
+    print("\n| task | steps | final test MSE | notebook's last print: step, notebook, ours "
+          "| wall s |")
+    print("| --- | ---: | ---: | --- | ---: |")
+    for r in results:
+      task = TASKS[r.task]
+      last = NOTEBOOK_LOG_EVERY * (len(task.losses) - 1)
+      nb = "-"
+      if init == "notebook" and last in r.steps:
+        nb = f"{last:,}: {task.losses[-1]:.3g} vs {r.test_mse[0, r.steps.index(last)]:.3g}"
+      print(f"| {r.task} | {r.steps[-1]:,} | {r.test_mse[0, -1]:.3g} | {nb} "
+            f"| {r.seconds:.1f} |")
   print(f"total wall time {sum(r.seconds for r in results):.1f} s")
 
   if args.plot:
