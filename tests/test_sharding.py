@@ -526,7 +526,8 @@ def _run_checks(out: Path) -> None:
       reports[name] = "ok"
     except Exception:
       reports[name] = traceback.format_exc()
-    print(f"{name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    status = "ok" if reports[name] == "ok" else "FAILED"
+    print(f"{name}: {status} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
   out.write_text(json.dumps(reports, indent=1))
 
 
