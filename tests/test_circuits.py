@@ -127,7 +127,7 @@ def test_vmap_over_seeds_equals_training_each_alone():
   task = TASKS["add"]
   data_key, test_key = _keys(4)
   tx = circuits.make_optimizer("relativistic_adam", 1e-2, speed_limit=5e-3)
-  steps, seeds = 100, [0, 1]
+  steps, seeds = 2 * circuits.CHUNK + 3, [0, 1]
   together = circuits.train([circuits.make_model(task, "random", s) for s in seeds], task,
                             tx, steps, data_key=data_key, test_key=test_key, batch_size=128,
                             log_every=steps)
