@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -136,48 +136,109 @@ def _compute_dtype(*dtypes: Any) -> jnp.dtype:
   return jnp.result_type(jnp.float32, *dtypes)
 
 
-def _saturated(
-    leaves: list[jax.Array], c: jax.Array, axis_name: AxisName | None
-) -> list[jax.Array]:
-  """``c · u / ‖u‖`` for a group whose ``(‖u‖/c)²`` overflows or is NaN.
+# |u/c| beyond 2^60 is at the limit to working precision for every formula
+# (‖v‖/c = 1 - 2^-121 for lorentz), and 1 + 2^120 rounds to 2^120 exactly, so
+# clipping u to ±c·2^60 saturates ±inf (and any u whose (u/c)² would
+# overflow) at exactly ±c while (u/c)² stays finite. min/max propagate NaN.
+_W_MAX = 2.0**60
 
-  Reached only when ``Σ (u/c)²`` is not finite: then ``‖u‖/c ≥ 1.8e19`` in
-  float32 and every formula's ``‖v‖/c`` equals 1 to working precision, so
-  ``v`` is the speed limit in the direction of ``u``. The norm is computed
-  with the largest magnitude factored out, so it cannot overflow; infinite
-  entries give the direction of their signs (the limit of a growing entry);
-  a NaN anywhere in the group makes the whole group NaN.
+
+def _scale_elements(u: jax.Array, c: jax.Array, formula: str) -> jax.Array:
+  """``per_component``: ``v = z · f((z/c)²)`` with ``z = clip(u, ±c·2^60)``.
+
+  ``u`` is read by one operation only (the clipped ``z`` is what is reused):
+  XLA then fuses the producer of ``u`` (Adam's division) into this expression
+  and the parameter update, so the step stays one pass over memory, as Adam's.
   """
-  m = jnp.max(jnp.stack([jnp.max(jnp.abs(u), initial=0) for u in leaves]))
+  # c·2^60 overflows only for c > 2^67; then no finite u/c can overflow, z is
+  # u itself and an infinite z is mapped to ±c explicitly.
+  bound = c * _W_MAX
+  z = jnp.clip(u, -bound, bound)
+  v = z * _speed_factor(jnp.square(z / c), formula)
+  return jnp.where(jnp.isinf(z), jnp.sign(z) * c, v)
+
+
+class _GroupScale(NamedTuple):
+  """Scalars of one group: ``v = (u · a) · b``, or, in ``inf_mode``,
+  ``v = sign(u) · b`` on the infinite entries and 0 elsewhere."""
+
+  a: jax.Array  # shape=(): a power of two, 1 on the common path.
+  b: jax.Array  # shape=(): the speed factor.
+  inf_mode: jax.Array  # shape=(), dtype=bool.
+
+
+def _common_scale(q: jax.Array, formula: str) -> _GroupScale:
+  """The group's ``q = Σ (u/c)²`` is finite: ``v = u · f(q)``."""
+  # 1 and False computed from q (finite, >= 0 here), so that inside shard_map
+  # they vary over the same mesh axes as q, as the other branch's outputs do.
+  return _GroupScale(q * 0 + 1, _speed_factor(q, formula), q < 0)
+
+
+def _saturated_scale(
+    leaves: list[jax.Array], q: jax.Array, c: jax.Array, axis_name: AxisName | None
+) -> _GroupScale:
+  """The scalars of a group whose ``q`` overflowed or is NaN (rare).
+
+  ``Σ (u/c)²`` is not finite only if ``‖u‖/c ≥ 1.8e19`` in float32, where every
+  formula's ``‖v‖/c`` equals 1 to working precision, so ``v`` is ``c`` in the
+  direction of ``u``: ``v = (u·a) · c/‖u·a‖``, with ``a`` the power of two that
+  brings the largest magnitude below 4 (exact, and the sum of squares cannot
+  overflow). Infinite entries give the direction of their signs (the limit of
+  a growing entry); a NaN makes the whole group NaN.
+  """
+  m = jax.lax.stop_gradient(
+      jnp.max(jnp.stack([jnp.max(jnp.abs(u), initial=0) for u in leaves]))
+  )
+  n_inf = sum(jnp.sum(jnp.isinf(u), dtype=q.dtype) for u in leaves)
   if axis_name is not None:
     m = jax.lax.pmax(m, axis_name)
-  inf = jnp.isinf(m)
-  scaled = [
-      jnp.where(inf, jnp.where(jnp.isinf(u), jnp.sign(u), 0), u / m) for u in leaves
-  ]
-  sq = sum(jnp.sum(jnp.square(s)) for s in scaled)
+    n_inf = jax.lax.psum(n_inf, axis_name)
+  # m = f·2^e with f in [0.5, 1); e is clipped so that a is a normal number
+  # (CPUs may flush subnormals to zero), which leaves |u·a| < 4.
+  _, e = jnp.frexp(jnp.where(jnp.isfinite(m), m, 1))
+  a = jnp.ldexp(jnp.ones_like(m), -jnp.clip(e, -125, 125))
+  s = sum(jnp.sum(jnp.square(u * a)) for u in leaves)
   if axis_name is not None:
-    sq = jax.lax.psum(sq, axis_name)
-  norm = jnp.sqrt(sq)
-  return [s * (c / norm) for s in scaled]
+    s = jax.lax.psum(s, axis_name)
+  inf_mode = jnp.isinf(m)
+  # s > 0 whenever it is used (q overflowed, so m > 0); the guard keeps the
+  # unused value and its gradient finite.
+  b = c / jnp.sqrt(jnp.where(inf_mode, n_inf, jnp.where(s > 0, s, 1)))
+  nan = jnp.isnan(q)
+  return _GroupScale(
+      jnp.where(inf_mode, 1, a), jnp.where(nan, jnp.nan, b), inf_mode & ~nan
+  )
 
 
 def _scale_group(
     leaves: list[jax.Array], c: jax.Array, formula: str, axis_name: AxisName | None
 ) -> list[jax.Array]:
-  """Scales the leaves of one group (sharing one norm) in the compute dtype."""
+  """Scales the leaves of one group (sharing one norm) in the compute dtype.
+
+  The step costs one fused reduction per leaf for ``q`` and one fused
+  elementwise pass for ``v``, which XLA merges with the parameter update. The
+  rare saturated case is a ``lax.cond`` that returns three scalars, not
+  arrays: the elementwise pass is the same code on both paths, so it is never
+  cut off from its producer and consumer by the cond, and no scaled copy of
+  the updates is written out.
+  """
   # q = Σ (u/c)²: dividing by c first keeps q in units of the limit, so its
   # gradient is finite at u = 0 and it only overflows for ‖u‖/c ≥ 1.8e19.
   q = sum(jnp.sum(jnp.square(u / c)) for u in leaves)
   if axis_name is not None:
     # The entries of the group are spread over the devices of `axis_name`.
     q = jax.lax.psum(q, axis_name)
-  return jax.lax.cond(
+  a, b, inf_mode = jax.lax.cond(
       jnp.isfinite(q),
-      lambda ls: [u * _speed_factor(q, formula) for u in ls],
-      lambda ls: _saturated(ls, c, axis_name),
+      lambda q, leaves: _common_scale(q, formula),
+      lambda q, leaves: _saturated_scale(leaves, q, c, axis_name),
+      q,
       leaves,
   )
+  return [
+      jnp.where(inf_mode, jnp.where(jnp.isinf(u), jnp.sign(u), 0) * b, (u * a) * b)
+      for u in leaves
+  ]
 
 
 def relativistic_scale(
@@ -265,22 +326,14 @@ def relativistic_scale(
   wide = [a.astype(dtype) for a in arrays]
 
   if mode == "per_component":
-    out = []
-    for u in wide:
-      q = jnp.square(u / c_safe)
-      finite = jnp.isfinite(q)
-      # An element whose (u/c)² overflows is at the limit: v = c · sign(u).
-      v = jnp.where(
-          finite,
-          u * _speed_factor(jnp.where(finite, q, 0), formula),
-          c_safe * jnp.sign(u),
-      )
-      out.append(v)
+    out = [_scale_elements(u, c_safe, formula) for u in wide]
+  elif mode == "global":
+    out = _scale_group(wide, c_safe, formula, axis_name)
   else:
-    if mode == "global":
-      out = _scale_group(wide, c_safe, formula, axis_name)
-    else:
-      out = [_scale_group([u], c_safe, formula, axis_name)[0] for u in wide]
+    # One group (and one cond) per leaf: XLA can then finish a leaf before
+    # starting the next and reuse one leaf-sized scratch buffer, instead of
+    # keeping every leaf's update alive at once.
+    out = [_scale_group([u], c_safe, formula, axis_name)[0] for u in wide]
 
   for i, a, v in zip(positions, arrays, out, strict=True):
     leaves[i] = jnp.where(positive, v, 0).astype(a.dtype)
