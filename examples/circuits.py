@@ -500,11 +500,58 @@ def plot_seeds(results: list[Result], path: str, label: str) -> None:
   plt.close(fig)
 
 
+def run_label(d: dict) -> str:
+  label = f"{d['optimizer']} lr {d['lr']:g}"
+  if d["optimizer"] == "relativistic_adam":
+    label += f", c {d['speed_limit']:g}" + (f", {d['mode']}" if d["mode"] != "per_param" else "")
+  return label
+
+
+def plot_from_json(paths: list[str], out: str) -> None:
+  """One panel per task: the test-MSE curves of earlier ``--json`` runs, overlaid."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  runs = []
+  for path in paths:
+    with open(path) as f:
+      runs.append(json.load(f))
+  names = [n for n in TASKS if any(n in d["tasks"] for d in runs)]
+  fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4), squeeze=False)
+  for ax, name in zip(axes.flat, names, strict=True):
+    task = TASKS[name]
+    if any(d["init"] == "notebook" for d in runs):
+      nb_steps = NOTEBOOK_LOG_EVERY * np.arange(len(task.losses))
+      ax.semilogy(nb_steps, task.losses, "k.", ms=4, label="notebook (PyTorch, SGD lr 1e-4)")
+    for i, d in enumerate(runs):
+      if name in d["tasks"]:
+        r = d["tasks"][name]
+        curves = np.maximum(np.asarray(r["test_mse"]), 1e-14)
+        for j, curve in enumerate(curves):
+          ax.semilogy(r["steps"], curve, color=f"C{i}", alpha=1.0 if len(curves) == 1 else 0.3,
+                      label=run_label(d) if j == 0 else None)
+    ax.axhline(SUCCESS_MSE, color="gray", lw=0.8, ls=":")
+    ax.set_title(f"{task.name}: {task.formula}, {task.sizes}, init {runs[0]['init']}")
+    ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k")
+    ax.set_xlabel("step")
+    ax.set_ylabel("test MSE (below 1e-14 drawn at 1e-14)")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
   args = parse_args(argv)
+  if args.plot_json:
+    plot_from_json(args.plot_json, args.plot or "circuits.png")
+    print(f"wrote {args.plot or 'circuits.png'}")
+    return []
   if args.platform:
     jax.config.update("jax_platforms", args.platform)
   device = jax.devices()[0]
@@ -625,6 +672,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p.add_argument("--plot", default=None, help="write loss curves (or, with --seeds, the "
                  "distribution of final losses) to this PNG")
   p.add_argument("--json", default=None, help="write the results to this JSON file")
+  p.add_argument("--plot-json", nargs="+", default=None, metavar="JSON",
+                 help="train nothing: overlay the curves of earlier --json runs in --plot")
   p.add_argument("--platform", choices=["cpu", "gpu", "tpu"], default=None)
   return p.parse_args(argv)
 
