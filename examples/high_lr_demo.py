@@ -158,13 +158,17 @@ def _tree_norm(tree: Any) -> jax.Array:
 
 
 def make_trainer(graphdef, tx: optax.GradientTransformation, task: Task, batch: int,
-                 chunk: int, eval_every: int):
+                 chunk: int, eval_every: int, loss: str = "mse"):
   """``run(params, opt_state, key) -> (params, opt_state, key, metrics)`` for
   ``chunk`` steps; metrics have shape (chunk,) per seed (validation loss is
-  NaN except every ``eval_every`` steps, to keep it cheap)."""
+  NaN except every ``eval_every`` steps, to keep it cheap). ``loss`` is
+  ``"mse"`` (regression) or ``"xent"`` (integer class labels)."""
 
   def loss_fn(params, x, y):
-    return jnp.mean((nnx.merge(graphdef, params)(x) - y) ** 2)
+    out = nnx.merge(graphdef, params)(x)
+    if loss == "xent":
+      return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, y))
+    return jnp.mean((out - y) ** 2)
 
   def one_step(carry, i):
     params, opt_state, key = carry
@@ -194,7 +198,7 @@ def make_trainer(graphdef, tx: optax.GradientTransformation, task: Task, batch: 
 
 def train(graphdef, params0, make_tx, lrs: list[float], task: Task, *, steps: int,
           batch: int, seeds: list[int], chunk: int = 100, eval_every: int = 25,
-          bar: tqdm | None = None) -> dict[str, np.ndarray]:
+          bar: tqdm | None = None, loss: str = "mse") -> dict[str, np.ndarray]:
   """Trains one student per (learning rate, seed) in one vmapped, jitted scan.
 
   ``make_tx(learning_rate)`` builds the optimizer; the learning rate is an
@@ -209,7 +213,7 @@ def train(graphdef, params0, make_tx, lrs: list[float], task: Task, *, steps: in
       jnp.asarray(lrs, jnp.float32), n_seed
   )
   keys = jax.vmap(jax.random.key)(jnp.tile(jnp.asarray(seeds) + 1000, n_lr))
-  run = make_trainer(graphdef, tx, task, batch, chunk, eval_every)
+  run = make_trainer(graphdef, tx, task, batch, chunk, eval_every, loss)
   chunks = []
   for start in range(0, steps, chunk):
     params, opt_state, keys, metrics = run(params, opt_state, keys, start)
