@@ -294,7 +294,7 @@ def print_table(rows: list[dict], trivial: float, n_seeds: int) -> None:
           f" {'yes' if r['learned'] else 'no':>7s}")
 
 
-def plot(curves, rows, trivial: float, path: Path, title: str) -> None:
+def plot(curves, trivial: float, path: Path, title: str, eval_every: int = 25) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
@@ -303,28 +303,34 @@ def plot(curves, rows, trivial: float, path: Path, title: str) -> None:
   panels = [("train_loss", "train loss (minibatch)"), ("val_loss", "validation loss"),
             ("grad_norm", "gradient norm"), ("update_norm", "update norm"),
             ("param_norm", "parameter norm")]
-  fig, axes = plt.subplots(1, 5, figsize=(24, 4.8))
+  fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+  axes = axes.ravel()
   cmap = plt.get_cmap("tab10")
   for i, (name, cv) in enumerate(curves.items()):
     style = "-" if name.startswith("relativistic") else "--"
-    for ax, (key, _) in zip(axes, panels, strict=True):
-      y = np.nanmedian(np.where(np.isfinite(cv[key]), cv[key], np.inf), axis=0) \
-          if cv[key].shape[0] > 1 else cv[key][0]
-      x = np.arange(1, y.size + 1)
-      keep = ~np.isnan(y)
-      ax.plot(x[keep], y[keep], style, color=cmap(i % 10), lw=1.2, label=name)
-  for ax, (key, label) in zip(axes, panels, strict=True):
+    for ax, (key, _) in zip(axes[:5], panels, strict=True):
+      y = cv[key]
+      x = np.arange(1, y.shape[1] + 1)
+      if key == "val_loss":  # evaluated every `eval_every` steps only
+        x, y = x[eval_every - 1::eval_every], y[:, eval_every - 1::eval_every]
+      # A diverged seed (NaN or inf) counts as +inf in the median.
+      y = np.median(np.where(np.isfinite(y), y, np.inf), axis=0)
+      ax.plot(x, y, style, color=cmap(i % 10), lw=1.2, label=name)
+  for ax, (key, label) in zip(axes[:5], panels, strict=True):
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title(label)
     ax.grid(alpha=0.3)
     if key in ("train_loss", "val_loss"):
       ax.axhline(trivial, color="k", lw=0.8, ls=":", label="trivial predictor")
-      ax.set_ylim(1e-3, 1e3)
-  axes[1].legend(fontsize=7, loc="upper right")
-  fig.suptitle(title + " (median over seeds; a line ends where the loss stops being finite)")
+      ax.set_ylim(1e-2, 1e3)
+  handles, labels = axes[1].get_legend_handles_labels()
+  axes[5].legend(handles, labels, loc="center", fontsize=10)
+  axes[5].axis("off")
+  fig.suptitle(title + "\n(median over seeds; a curve leaves the plot where the"
+               " median loss is no longer finite)")
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  fig.savefig(path, dpi=80)
 
 
 def main(argv=None) -> None:
@@ -337,7 +343,7 @@ def main(argv=None) -> None:
   parser.add_argument("--depth", type=int, default=12)
   parser.add_argument("--width", type=int, default=64)
   parser.add_argument("--tuned-lrs", type=float, nargs="*",
-                      default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+                      default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
                       help="learning rates of the tuned-Adam reference")
   parser.add_argument("--out", type=Path, default=RESULTS / "high_lr_demo")
   args = parser.parse_args(argv)
@@ -385,7 +391,7 @@ def main(argv=None) -> None:
         f" {task.trivial_loss:.3g}")
 
   args.out.parent.mkdir(parents=True, exist_ok=True)
-  plot({k: curves[k] for k in [*txs, best["optimizer"]]}, rows, task.trivial_loss,
+  plot({k: curves[k] for k in [*txs, best["optimizer"]]}, task.trivial_loss,
        args.out.with_suffix(".png"),
        f"{args.depth}-layer ReLU MLP, teacher-student regression, lr={args.lr:g}")
   every = 10  # keep the JSON small: every 10th step of each curve
