@@ -145,7 +145,7 @@ def test_vmap_over_seeds_equals_training_each_alone():
 
 def test_command_line_runs_and_writes_json(tmp_path, capsys):
   out = tmp_path / "r.json"
-  circuits.main(["--task", "negation", "--steps", "40", "--log-every", "20",
+  circuits.main(["--task", "negation", "--steps", "40", "--log-every", "20", "--no-pin",
                  "--optimizer", "relativistic_adam", "--json", str(out)])
   printed = capsys.readouterr().out
   assert "XLA device: CPU" in printed
