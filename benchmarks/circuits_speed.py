@@ -38,9 +38,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TASK_SIZES = {"identity": (1, 2, 1), "negation": (1, 2, 1), "abs": (1, 2, 1),
               "add": (2, 2, 1), "sub": (2, 2, 1), "min": (2, 3, 2, 1)}
 # Measured with this script's PyTorch worker (torch 2.13.0 CPU, one thread, one core
-# of the 2-core development machine), wall us/step; used only without PyTorch.
-RECORDED_PYTORCH_US = {"identity": 230.0, "negation": 230.0, "abs": 235.0,
-                       "add": 245.0, "sub": 245.0, "min": 310.0}
+# of the 2-core development machine, shared with other jobs): the medians in
+# results/circuits_speed.json, wall (CPU) us/step; used only without PyTorch.
+RECORDED_PYTORCH_US = {"identity": (114.8, 113.3), "negation": (113.1, 113.1),
+                       "abs": (123.2, 123.1), "add": (162.3, 133.2),
+                       "sub": (271.4, 149.4), "min": (360.5, 203.8)}
 
 # ----------------------------------------------------------------------------- PyTorch
 
@@ -246,8 +248,8 @@ def main() -> None:
     if torch_python:
       res["pytorch"] = run_torch(torch_python, task, args.torch_steps, args.repeats)
     else:
-      res["pytorch"] = {"wall": [RECORDED_PYTORCH_US[task]],
-                        "cpu": [RECORDED_PYTORCH_US[task]], "recorded": True}
+      wall, cpu = RECORDED_PYTORCH_US[task]
+      res["pytorch"] = {"wall": [wall], "cpu": [cpu], "recorded": True}
     for name, (fn, n) in variants.items():
       if n is None:
         res[name] = time_it(lambda fn=fn: fn(args.naive_steps), args.naive_steps,
