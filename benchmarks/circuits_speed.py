@@ -223,10 +223,10 @@ def main() -> None:
   if args.torch_worker:
     torch_worker(args.torch_worker, args.torch_steps, args.repeats)
     return
-  # One XLA:CPU thread, set before JAX starts.
+  # Single-threaded Eigen for XLA:CPU, set before JAX starts (the affinity above
+  # already keeps every thread of the process on one core).
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_cpu_multi_thread_eigen=false"
-                             " intra_op_parallelism_threads=1")
+                             " --xla_cpu_multi_thread_eigen=false")
   torch_python = args.torch_python
   if torch_python is None:
     try:
