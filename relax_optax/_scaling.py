@@ -167,13 +167,6 @@ class _GroupScale(NamedTuple):
   inf_mode: jax.Array  # shape=(), dtype=bool.
 
 
-def _common_scale(q: jax.Array, formula: str) -> _GroupScale:
-  """The group's ``q = Σ (u/c)²`` is finite: ``v = u · f(q)``."""
-  # 1 and False computed from q (finite, >= 0 here), so that inside shard_map
-  # they vary over the same mesh axes as q, as the other branch's outputs do.
-  return _GroupScale(q * 0 + 1, _speed_factor(q, formula), q < 0)
-
-
 def _saturated_scale(
     leaves: list[jax.Array], q: jax.Array, c: jax.Array, axis_name: AxisName | None
 ) -> _GroupScale:
@@ -215,12 +208,14 @@ def _scale_group(
 ) -> list[jax.Array]:
   """Scales the leaves of one group (sharing one norm) in the compute dtype.
 
-  The step costs one fused reduction per leaf for ``q`` and one fused
-  elementwise pass for ``v``, which XLA merges with the parameter update. The
-  rare saturated case is a ``lax.cond`` that returns three scalars, not
-  arrays: the elementwise pass is the same code on both paths, so it is never
-  cut off from its producer and consumer by the cond, and no scaled copy of
-  the updates is written out.
+  Cost on XLA:CPU: the norm and the scaling both read ``u``, and XLA does not
+  recompute Adam's division for two consumers, so ``u`` is written to a
+  scratch buffer (and the cond's result to another); that scratch, not the
+  arithmetic, is what makes this mode slower than Adam (see
+  ``benchmarks/step_overhead.py``). A cond that returns only scalars (so that
+  the scaling could fuse with the parameter update) was measured and kept
+  more scratch alive at once (all leaves' updates before any is applied), so
+  it was slower; the cond returns the scaled arrays.
   """
   # q = Σ (u/c)²: dividing by c first keeps q in units of the limit, so its
   # gradient is finite at u = 0 and it only overflows for ‖u‖/c ≥ 1.8e19.
@@ -228,17 +223,21 @@ def _scale_group(
   if axis_name is not None:
     # The entries of the group are spread over the devices of `axis_name`.
     q = jax.lax.psum(q, axis_name)
-  a, b, inf_mode = jax.lax.cond(
+
+  def apply(scale, leaves):
+    a, b, inf_mode = scale
+    return [
+        jnp.where(inf_mode, jnp.where(jnp.isinf(u), jnp.sign(u), 0) * b, (u * a) * b)
+        for u in leaves
+    ]
+
+  return jax.lax.cond(
       jnp.isfinite(q),
-      lambda q, leaves: _common_scale(q, formula),
-      lambda q, leaves: _saturated_scale(leaves, q, c, axis_name),
+      lambda q, leaves: [u * _speed_factor(q, formula) for u in leaves],
+      lambda q, leaves: apply(_saturated_scale(leaves, q, c, axis_name), leaves),
       q,
       leaves,
   )
-  return [
-      jnp.where(inf_mode, jnp.where(jnp.isinf(u), jnp.sign(u), 0) * b, (u * a) * b)
-      for u in leaves
-  ]
 
 
 def relativistic_scale(
