@@ -158,6 +158,52 @@ def _scale_elements(u: jax.Array, c: jax.Array, formula: str) -> jax.Array:
   return jnp.where(jnp.isinf(z), jnp.sign(z) * c, v)
 
 
+def _sharded_flags(leaves: list[jax.Array], axis_name: AxisName | None) -> list[bool]:
+  """Which leaves are sharded over ``axis_name``, i.e. vary across it.
+
+  ``shard_map`` records it in each value's type; ``pmap`` and
+  ``shard_map(check_vma=False)`` do not (no leaf is seen to vary), and there
+  every leaf is taken as sharded.
+  """
+  if axis_name is None:
+    return [False] * len(leaves)
+  names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+  def varies(u: jax.Array) -> bool:
+    aval = jax.typeof(u)
+    manual = getattr(aval, "manual_axis_type", None)  # jax 0.10; `.vma` before
+    varying = manual.varying if manual is not None else getattr(aval, "vma", ())
+    return any(name in varying for name in names)
+
+  flags = [varies(u) for u in leaves]
+  return flags if any(flags) else [True] * len(leaves)
+
+
+def _group_total(
+    values: list[jax.Array], sharded: list[bool], axis_name: AxisName | None, reduce: str
+) -> jax.Array:
+  """The ``"sum"`` or ``"max"`` of per-leaf values over the group, on all devices.
+
+  A leaf sharded over ``axis_name`` holds part of the group on each device, so
+  its values are reduced across the axis; a replicated leaf holds all of it on
+  every device and is counted once (a psum would count it once per device).
+  """
+  combine = sum if reduce == "sum" else (lambda xs: jnp.max(jnp.stack(xs)))
+  local = [v for v, f in zip(values, sharded, strict=True) if f]
+  whole = [v for v, f in zip(values, sharded, strict=True) if not f]
+  total = None
+  if local:
+    across = jax.lax.psum if reduce == "sum" else jax.lax.pmax
+    total = across(combine(local), axis_name)
+  if whole:
+    rest = combine(whole)
+    if total is None:
+      total = rest
+    else:
+      total = total + rest if reduce == "sum" else jnp.maximum(total, rest)
+  return total
+
+
 class _GroupScale(NamedTuple):
   """Scalars of one group: ``v = (u · a) · b``, or, in ``inf_mode``,
   ``v = sign(u) · b`` on the infinite entries and 0 elsewhere."""
@@ -168,7 +214,11 @@ class _GroupScale(NamedTuple):
 
 
 def _saturated_scale(
-    leaves: list[jax.Array], q: jax.Array, c: jax.Array, axis_name: AxisName | None
+    leaves: list[jax.Array],
+    q: jax.Array,
+    c: jax.Array,
+    axis_name: AxisName | None,
+    sharded: list[bool],
 ) -> _GroupScale:
   """The scalars of a group whose ``q`` overflowed or is NaN (rare).
 
@@ -180,19 +230,16 @@ def _saturated_scale(
   a growing entry); a NaN makes the whole group NaN.
   """
   m = jax.lax.stop_gradient(
-      jnp.max(jnp.stack([jnp.max(jnp.abs(u), initial=0) for u in leaves]))
+      _group_total([jnp.max(jnp.abs(u), initial=0) for u in leaves], sharded, axis_name, "max")
   )
-  n_inf = sum(jnp.sum(jnp.isinf(u), dtype=q.dtype) for u in leaves)
-  if axis_name is not None:
-    m = jax.lax.pmax(m, axis_name)
-    n_inf = jax.lax.psum(n_inf, axis_name)
+  n_inf = _group_total(
+      [jnp.sum(jnp.isinf(u), dtype=q.dtype) for u in leaves], sharded, axis_name, "sum"
+  )
   # m = f·2^e with f in [0.5, 1); e is clipped so that a is a normal number
   # (CPUs may flush subnormals to zero), which leaves |u·a| < 4.
   _, e = jnp.frexp(jnp.where(jnp.isfinite(m), m, 1))
   a = jnp.ldexp(jnp.ones_like(m), -jnp.clip(e, -125, 125))
-  s = sum(jnp.sum(jnp.square(u * a)) for u in leaves)
-  if axis_name is not None:
-    s = jax.lax.psum(s, axis_name)
+  s = _group_total([jnp.sum(jnp.square(u * a)) for u in leaves], sharded, axis_name, "sum")
   inf_mode = jnp.isinf(m)
   # s > 0 whenever it is used (q overflowed, so m > 0); the guard keeps the
   # unused value and its gradient finite.
@@ -204,7 +251,11 @@ def _saturated_scale(
 
 
 def _scale_group(
-    leaves: list[jax.Array], c: jax.Array, formula: str, axis_name: AxisName | None
+    leaves: list[jax.Array],
+    c: jax.Array,
+    formula: str,
+    axis_name: AxisName | None,
+    sharded: list[bool],
 ) -> list[jax.Array]:
   """Scales the leaves of one group (sharing one norm) in the compute dtype.
 
@@ -219,10 +270,8 @@ def _scale_group(
   """
   # q = Σ (u/c)²: dividing by c first keeps q in units of the limit, so its
   # gradient is finite at u = 0 and it only overflows for ‖u‖/c ≥ 1.8e19.
-  q = sum(jnp.sum(jnp.square(u / c)) for u in leaves)
-  if axis_name is not None:
-    # The entries of the group are spread over the devices of `axis_name`.
-    q = jax.lax.psum(q, axis_name)
+  # Sharded leaves' entries are spread over the devices of `axis_name`.
+  q = _group_total([jnp.sum(jnp.square(u / c)) for u in leaves], sharded, axis_name, "sum")
 
   def apply(scale, leaves):
     a, b, inf_mode = scale
@@ -234,7 +283,7 @@ def _scale_group(
   return jax.lax.cond(
       jnp.isfinite(q),
       lambda q, leaves: [u * _speed_factor(q, formula) for u in leaves],
-      lambda q, leaves: apply(_saturated_scale(leaves, q, c, axis_name), leaves),
+      lambda q, leaves: apply(_saturated_scale(leaves, q, c, axis_name, sharded), leaves),
       q,
       leaves,
   )
@@ -284,11 +333,13 @@ def relativistic_scale(
     speed_limit: ``c >= 0``, a scalar (may be traced).
     mode: ``"global"``, ``"per_param"`` or ``"per_component"``.
     formula: ``"lorentz"``, ``"tanh"`` or ``"reference"``.
-    axis_name: inside ``shard_map`` / ``pmap``, the axis over which each
-      array is sharded: the ``global`` and ``per_param`` norms are then summed
-      across it (``lax.psum``), so every device applies the same factor. Leave
-      ``None`` under ``jit`` with sharded arrays (the norm is already global)
-      and for replicated updates.
+    axis_name: inside ``shard_map`` / ``pmap``, the axis over which the
+      arrays are sharded: the ``global`` and ``per_param`` norms of sharded
+      leaves are then summed across it (``lax.psum``), so every device applies
+      the same factor. Leaves that ``shard_map`` knows to be replicated over
+      the axis are counted once; under ``pmap`` (which does not track this)
+      every leaf is taken as sharded. Leave ``None`` under ``jit`` with
+      sharded arrays (the norm is already global).
 
   Returns:
     The scaled pytree, with the structure, shapes and dtypes of ``updates``.
@@ -324,15 +375,19 @@ def relativistic_scale(
   c_safe = jnp.where(positive, c, 1)
   wide = [a.astype(dtype) for a in arrays]
 
+  sharded = _sharded_flags(wide, axis_name)
   if mode == "per_component":
     out = [_scale_elements(u, c_safe, formula) for u in wide]
   elif mode == "global":
-    out = _scale_group(wide, c_safe, formula, axis_name)
+    out = _scale_group(wide, c_safe, formula, axis_name, sharded)
   else:
     # One group (and one cond) per leaf: XLA can then finish a leaf before
     # starting the next and reuse one leaf-sized scratch buffer, instead of
     # keeping every leaf's update alive at once.
-    out = [_scale_group([u], c_safe, formula, axis_name)[0] for u in wide]
+    out = [
+        _scale_group([u], c_safe, formula, axis_name, [f])[0]
+        for u, f in zip(wide, sharded, strict=True)
+    ]
 
   for i, a, v in zip(positions, arrays, out, strict=True):
     leaves[i] = jnp.where(positive, v, 0).astype(a.dtype)

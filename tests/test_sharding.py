@@ -27,12 +27,7 @@ import pytest
 N_DEVICES = 8
 _CHECKS: dict[str, Callable[[], None]] = {}
 # Checks that document a guarantee which does not hold yet (name -> reason).
-_KNOWN_FAILURES: dict[str, str] = {
-  "check_shard_map_mixed_replicated_and_sharded_leaves": (
-    "with axis_name, a leaf replicated over the axis is psummed like a sharded"
-    " one, so its squared norm is counted once per device"
-  ),
-}
+_KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _check(fn: Callable[[], None]) -> Callable[[], None]:
