@@ -15,6 +15,7 @@ from relax_optax._scaling import (
     Mode,
     check_range,
     concrete_float,
+    validate_choice,
     validate_formula,
     validate_mode,
 )
@@ -168,10 +169,7 @@ def _adam_and_speed_limit(
   validate_mode(mode)
   validate_formula(formula)
   check_range("speed_limit", speed_limit, lower=0.0, lower_open=True)
-  if bias_correction not in BIAS_CORRECTIONS:
-    raise ValueError(
-        f"bias_correction must be one of {BIAS_CORRECTIONS}, got {bias_correction!r}."
-    )
+  validate_choice("bias_correction", bias_correction, BIAS_CORRECTIONS)
   if amsgrad and nesterov:
     raise ValueError("amsgrad=True and nesterov=True cannot be combined.")
   if bias_correction == "step_size":

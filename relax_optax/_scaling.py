@@ -31,18 +31,21 @@ FORMULAS: tuple[str, ...] = ("lorentz", "tanh", "reference")
 _TANH_SERIES_MAX_SQ = 1e-3
 
 
+def validate_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+  """Returns ``value`` or raises a ``ValueError`` naming ``name`` and the choices."""
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+  return value
+
+
 def validate_mode(mode: str) -> str:
   """Returns ``mode`` or raises a ``ValueError`` listing the valid modes."""
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-  return mode
+  return validate_choice("mode", mode, MODES)
 
 
 def validate_formula(formula: str) -> str:
   """Returns ``formula`` or raises a ``ValueError`` listing the valid ones."""
-  if formula not in FORMULAS:
-    raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}.")
-  return formula
+  return validate_choice("formula", formula, FORMULAS)
 
 
 def concrete_float(value: Any) -> float | None:
@@ -375,18 +378,17 @@ def relativistic_scale(
   c_safe = jnp.where(positive, c, 1)
   wide = [a.astype(dtype) for a in arrays]
 
-  sharded = _sharded_flags(wide, axis_name)
   if mode == "per_component":
     out = [_scale_elements(u, c_safe, formula) for u in wide]
   elif mode == "global":
-    out = _scale_group(wide, c_safe, formula, axis_name, sharded)
+    out = _scale_group(wide, c_safe, formula, axis_name, _sharded_flags(wide, axis_name))
   else:
     # One group (and one cond) per leaf: XLA can then finish a leaf before
     # starting the next and reuse one leaf-sized scratch buffer, instead of
     # keeping every leaf's update alive at once.
     out = [
         _scale_group([u], c_safe, formula, axis_name, [f])[0]
-        for u, f in zip(wide, sharded, strict=True)
+        for u, f in zip(wide, _sharded_flags(wide, axis_name), strict=True)
     ]
 
   for i, a, v in zip(positions, arrays, out, strict=True):
