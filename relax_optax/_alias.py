@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from relax_optax._fused import AdamSpec, speed_limited_adam
 from relax_optax._scaling import (
     Formula,
     Mode,
@@ -74,6 +75,14 @@ def _one_minus_power(b: jax.typing.ArrayLike, t: jax.Array) -> jax.Array:
   return -jnp.expm1(t * log_b)
 
 
+def _step_size_correction(
+    b1: jax.typing.ArrayLike, b2: jax.typing.ArrayLike, count: jax.Array
+) -> jax.Array:
+  """``sqrt(1 - b2^t) / (1 - b1^t)`` at the incremented count ``t``."""
+  t = count.astype(jnp.float32)
+  return jnp.sqrt(_one_minus_power(b2, t)) / _one_minus_power(b1, t)
+
+
 def _scale_by_adam_step_size_correction(
     b1: jax.typing.ArrayLike,
     b2: jax.typing.ArrayLike,
@@ -116,9 +125,7 @@ def _scale_by_adam_step_size_correction(
       denom_nu = nu_max
     else:
       denom_nu = nu
-    # step_size = sqrt(bias_correction2) / bias_correction1 (times lr, later).
-    t = count_inc.astype(jnp.float32)
-    step_size = jnp.sqrt(_one_minus_power(b2, t)) / _one_minus_power(b1, t)
+    step_size = _step_size_correction(b1, b2, count_inc)
 
     def step(m, v):
       # step_size * (exp_avg / (exp_avg_sq.sqrt() + eps)): eps before correction.
@@ -164,8 +171,15 @@ def _adam_and_speed_limit(
     adaptive_speed: bool,
     speed_warmup_steps: int,
     bias_correction: str,
-) -> list[optax.GradientTransformation]:
-  """Adam's moments, the learning rate and the speed limit, as chain parts."""
+    before: list[optax.GradientTransformation],
+    after: list[optax.GradientTransformation],
+) -> optax.GradientTransformation:
+  """``optax.chain(*before, adam, scale_by_learning_rate, speed limit, *after)``.
+
+  For ``mode="global"`` and ``"per_param"`` the same chain runs fused (the norm
+  taken from Adam's moments, see ``_fused.py``): same state, same updates up
+  to rounding, no scratch buffers.
+  """
   validate_mode(mode)
   validate_formula(formula)
   check_range("speed_limit", speed_limit, lower=0.0, lower_open=True)
@@ -176,16 +190,28 @@ def _adam_and_speed_limit(
     if nesterov:
       raise ValueError('bias_correction="step_size" and nesterov=True cannot be combined.')
     moments = _scale_by_adam_step_size_correction(b1, b2, eps, eps_root, mu_dtype, amsgrad)
+    kind = "step_size"
   elif amsgrad:
     moments = optax.scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype)
+    kind = "amsgrad"
   else:
     moments = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+    kind = "adam"
   c = speed_limit_warmup(speed_limit, speed_warmup_steps) if adaptive_speed else speed_limit
-  return [
-      moments,
-      optax.scale_by_learning_rate(learning_rate),
-      scale_by_relativistic(c, mode=mode, formula=formula),
-  ]
+  relativistic = scale_by_relativistic(c, mode=mode, formula=formula)
+  if mode == "per_component":
+    # Each element's factor depends on that element only: the chain already
+    # compiles to one fused pass.
+    return optax.chain(
+        *before, moments, optax.scale_by_learning_rate(learning_rate), relativistic, *after
+    )
+  spec = AdamSpec(
+      kind, b1, b2, eps, eps_root, nesterov, amsgrad,
+      step_size=lambda count: _step_size_correction(b1, b2, count),
+  )
+  return speed_limited_adam(
+      before, moments, spec, learning_rate, c, relativistic, after, mode, formula
+  )
 
 
 def _is_zero(x: Any) -> bool:
@@ -295,13 +321,12 @@ def relativistic_adam(
     13.0222
   """
   _check_adam_args(learning_rate, b1, b2, eps, eps_root, weight_decay)
-  parts = _adam_and_speed_limit(
+  before = [] if _is_zero(weight_decay) else [optax.add_decayed_weights(weight_decay)]
+  return _adam_and_speed_limit(
       learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad,
       speed_limit, mode, formula, adaptive_speed, speed_warmup_steps, bias_correction,
+      before=before, after=[],
   )
-  if not _is_zero(weight_decay):
-    parts.insert(0, optax.add_decayed_weights(weight_decay))
-  return optax.chain(*parts)
 
 
 def relativistic_adamw(
@@ -388,10 +413,7 @@ def relativistic_adamw(
     [0.95 0.95]
   """
   _check_adam_args(learning_rate, b1, b2, eps, eps_root, weight_decay)
-  parts = _adam_and_speed_limit(
-      learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad,
-      speed_limit, mode, formula, adaptive_speed, speed_warmup_steps, bias_correction,
-  )
+  after = []
   if not _is_zero(weight_decay):
     if callable(learning_rate):
       keep = optax.scale_by_schedule(lambda t: 1 - learning_rate(t) * weight_decay)
@@ -402,5 +424,9 @@ def relativistic_adamw(
     decay_after_update = optax.chain(keep, decay)
     if mask is not None:
       decay_after_update = optax.masked(decay_after_update, mask)
-    parts.append(decay_after_update)
-  return optax.chain(*parts)
+    after.append(decay_after_update)
+  return _adam_and_speed_limit(
+      learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad,
+      speed_limit, mode, formula, adaptive_speed, speed_warmup_steps, bias_correction,
+      before=[], after=after,
+  )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -207,7 +208,7 @@ def _group_total(
   return total
 
 
-class _GroupScale(NamedTuple):
+class GroupScale(NamedTuple):
   """Scalars of one group: ``v = (u · a) · b``, or, in ``inf_mode``,
   ``v = sign(u) · b`` on the infinite entries and 0 elsewhere."""
 
@@ -217,12 +218,12 @@ class _GroupScale(NamedTuple):
 
 
 def _saturated_scale(
-    leaves: list[jax.Array],
+    leaves: Callable[[], list[jax.Array]],
     q: jax.Array,
     c: jax.Array,
     axis_name: AxisName | None,
     sharded: list[bool],
-) -> _GroupScale:
+) -> GroupScale:
   """The scalars of a group whose ``q`` overflowed or is NaN (rare).
 
   ``Σ (u/c)²`` is not finite only if ``‖u‖/c ≥ 1.8e19`` in float32, where every
@@ -231,26 +232,77 @@ def _saturated_scale(
   brings the largest magnitude below 4 (exact, and the sum of squares cannot
   overflow). Infinite entries give the direction of their signs (the limit of
   a growing entry); a NaN makes the whole group NaN.
+
+  ``leaves()`` is called once per reduction: when it builds the leaves from
+  other arrays, each reduction then computes them in its own pass instead of
+  reading a buffer that holds them.
   """
   m = jax.lax.stop_gradient(
-      _group_total([jnp.max(jnp.abs(u), initial=0) for u in leaves], sharded, axis_name, "max")
+      _group_total([jnp.max(jnp.abs(u), initial=0) for u in leaves()], sharded, axis_name, "max")
   )
   n_inf = _group_total(
-      [jnp.sum(jnp.isinf(u), dtype=q.dtype) for u in leaves], sharded, axis_name, "sum"
+      [jnp.sum(jnp.isinf(u), dtype=q.dtype) for u in leaves()], sharded, axis_name, "sum"
   )
   # m = f·2^e with f in [0.5, 1); e is clipped so that a is a normal number
   # (CPUs may flush subnormals to zero), which leaves |u·a| < 4.
   _, e = jnp.frexp(jnp.where(jnp.isfinite(m), m, 1))
   a = jnp.ldexp(jnp.ones_like(m), -jnp.clip(e, -125, 125))
-  s = _group_total([jnp.sum(jnp.square(u * a)) for u in leaves], sharded, axis_name, "sum")
+  s = _group_total([jnp.sum(jnp.square(u * a)) for u in leaves()], sharded, axis_name, "sum")
   inf_mode = jnp.isinf(m)
   # s > 0 whenever it is used (q overflowed, so m > 0); the guard keeps the
   # unused value and its gradient finite.
   b = c / jnp.sqrt(jnp.where(inf_mode, n_inf, jnp.where(s > 0, s, 1)))
   nan = jnp.isnan(q)
-  return _GroupScale(
+  return GroupScale(
       jnp.where(inf_mode, 1, a), jnp.where(nan, jnp.nan, b), inf_mode & ~nan
   )
+
+
+def group_scale(
+    q: jax.Array,
+    c: jax.Array,
+    formula: str,
+    saturated_leaves: Callable[[], list[jax.Array]],
+    axis_name: AxisName | None = None,
+    sharded: list[bool] | None = None,
+) -> GroupScale:
+  """The scalars that scale one group, given its ``q = Σ (u/c)²``.
+
+  Args:
+    q: the group's squared norm in units of ``c``, already summed over
+      ``axis_name``.
+    c: the speed limit (positive).
+    formula: one of :data:`FORMULAS`.
+    saturated_leaves: returns the group's leaves ``u``; called (once per
+      reduction) only inside the rare branch taken when ``q`` is not finite.
+    axis_name: as in :func:`relativistic_scale`.
+    sharded: which leaves are sharded over ``axis_name``.
+
+  Returns:
+    The scalars, to be applied to each leaf by :func:`apply_group_scale`. Only
+    scalars leave the ``lax.cond``, so the scaling of each leaf can fuse with
+    whatever consumes it (the parameter update).
+  """
+
+  def saturated() -> GroupScale:
+    flags = [False] * len(saturated_leaves()) if sharded is None else sharded
+    return _saturated_scale(saturated_leaves, q, c, axis_name, flags)
+
+  def common() -> GroupScale:
+    # isinf(q) is False here; derived from q, it is varying over the same
+    # shard_map axes as q, as the other branch's result is.
+    return GroupScale(jnp.ones_like(q), _speed_factor(q, formula), jnp.isinf(q))
+
+  return jax.lax.cond(jnp.isfinite(q), common, saturated)
+
+
+def apply_group_scale(u: jax.Array, scale: GroupScale) -> jax.Array:
+  """``v = (u · a) · b``, or ``sign(u) · b`` on infinite entries in ``inf_mode``.
+
+  ``u`` has one consumer here (``u · a``), so XLA fuses its producer into it.
+  """
+  w = u * scale.a
+  return jnp.where(scale.inf_mode, jnp.where(jnp.isinf(w), jnp.sign(w), 0), w) * scale.b
 
 
 def _scale_group(
@@ -263,33 +315,17 @@ def _scale_group(
   """Scales the leaves of one group (sharing one norm) in the compute dtype.
 
   Cost on XLA:CPU: the norm and the scaling both read ``u``, and XLA does not
-  recompute Adam's division for two consumers, so ``u`` is written to a
-  scratch buffer (and the cond's result to another); that scratch, not the
-  arithmetic, is what makes this mode slower than Adam (see
-  ``benchmarks/step_overhead.py``). A cond that returns only scalars (so that
-  the scaling could fuse with the parameter update) was measured and kept
-  more scratch alive at once (all leaves' updates before any is applied), so
-  it was slower; the cond returns the scaled arrays.
+  recompute a producer such as Adam's division for two consumers, so ``u`` is
+  written to a scratch buffer when it is computed in the same step.
+  ``relativistic_adam`` avoids this by computing the norm from Adam's moments
+  (see ``_fused.py``).
   """
   # q = Σ (u/c)²: dividing by c first keeps q in units of the limit, so its
   # gradient is finite at u = 0 and it only overflows for ‖u‖/c ≥ 1.8e19.
   # Sharded leaves' entries are spread over the devices of `axis_name`.
   q = _group_total([jnp.sum(jnp.square(u / c)) for u in leaves], sharded, axis_name, "sum")
-
-  def apply(scale, leaves):
-    a, b, inf_mode = scale
-    return [
-        jnp.where(inf_mode, jnp.where(jnp.isinf(u), jnp.sign(u), 0) * b, (u * a) * b)
-        for u in leaves
-    ]
-
-  return jax.lax.cond(
-      jnp.isfinite(q),
-      lambda q, leaves: [u * _speed_factor(q, formula) for u in leaves],
-      lambda q, leaves: apply(_saturated_scale(leaves, q, c, axis_name, sharded), leaves),
-      q,
-      leaves,
-  )
+  scale = group_scale(q, c, formula, lambda: leaves, axis_name, sharded)
+  return [apply_group_scale(u, scale) for u in leaves]
 
 
 def relativistic_scale(
