@@ -214,7 +214,7 @@ def speed_limited_adam(
     """Scales ``w`` (``= r · y`` leaf by leaf) as ``relativistic_scale`` does."""
     leaves, treedef = jax.tree.flatten(w)
     c = jnp.asarray(c, jnp.float32)
-    positive = c > 0
+    positive = c >= jnp.finfo(jnp.float32).tiny  # As relativistic_scale.
     c_safe = jnp.where(positive, c, 1)
     s = jnp.abs(r) / c_safe  # (u/c) = ±s · y.
     groups = [list(range(n))] if mode == "global" else [[i] for i in range(n)]

@@ -4,7 +4,8 @@ An update ``u`` (already multiplied by the learning rate) is treated as a
 momentum; what is applied is the velocity ``v = u · f(ρ²)``, where
 ``ρ = ‖u‖ / c`` is the group norm in units of the speed limit ``c``. The mode
 decides the group (the whole pytree, one leaf, one element); the formula
-decides ``f``. The formula lives in :func:`_speed_factor` and nowhere else.
+decides ``f``. The formula lives in :func:`_speed_factor` and, simplified for
+one element, :func:`_scale_elements` (tests check that the two agree).
 """
 
 from __future__ import annotations
@@ -140,26 +141,54 @@ def _compute_dtype(*dtypes: Any) -> jnp.dtype:
   return jnp.result_type(jnp.float32, *dtypes)
 
 
-# |u/c| beyond 2^60 is at the limit to working precision for every formula
-# (‖v‖/c = 1 - 2^-121 for lorentz), and 1 + 2^120 rounds to 2^120 exactly, so
-# clipping u to ±c·2^60 saturates ±inf (and any u whose (u/c)² would
-# overflow) at exactly ±c while (u/c)² stays finite. min/max propagate NaN.
+# |w| beyond 2^60 is at the limit to working precision for every formula
+# (|v|/c = 1 - 2^-121 for lorentz), and 1 + 2^120 rounds to 2^120 exactly.
 _W_MAX = 2.0**60
 
 
 def _scale_elements(u: jax.Array, c: jax.Array, formula: str) -> jax.Array:
-  """``per_component``: ``v = z · f((z/c)²)`` with ``z = clip(u, ±c·2^60)``.
+  """``per_component``: ``v = u · f((u/c)²)`` element by element.
 
-  ``u`` is read by one operation only (the clipped ``z`` is what is reused):
-  XLA then fuses the producer of ``u`` (Adam's division) into this expression
-  and the parameter update, so the step stays one pass over memory, as Adam's.
+  Per element ``ρ = |u|/c``, so :func:`_speed_factor`'s formulas simplify:
+  ``u / sqrt(1 + (u/c)²)`` for ``lorentz``, ``c · tanh(u/c)`` for ``tanh``
+  (tests check that both agree). ``per_component`` is one fused pass over
+  memory where every operation counts, so this uses the fewest: one
+  reciprocal of ``c`` per call, no division or branch per element.
+
+  ``u`` is read by one operation only (a clip), and the clipped ``z`` is what
+  is reused: XLA then fuses the producer of ``u`` (Adam's division) into this
+  expression and the parameter update, so the step stays one pass over
+  memory, as Adam's; reading ``u`` twice would write it to a buffer first.
+
+  Args:
+    u: the update, in the compute dtype.
+    c: the speed limit, a normal positive number.
+    formula: one of :data:`FORMULAS`.
+
+  Returns:
+    ``v``, with ``|v| <= c``; ``±inf`` gives ``±c`` and NaN gives NaN.
   """
-  # c·2^60 overflows only for c > 2^67; then no finite u/c can overflow, z is
-  # u itself and an infinite z is mapped to ±c explicitly.
-  bound = c * _W_MAX
-  z = jnp.clip(u, -bound, bound)
-  v = z * _speed_factor(jnp.square(z / c), formula)
-  return jnp.where(jnp.isinf(z), jnp.sign(z) * c, v)
+  big = jnp.finfo(u.dtype).max
+  inv_c = 1 / c
+  if formula == "lorentz":
+    # |w| = |z/c| <= 2^60: ±inf and any u whose (u/c)² would overflow give
+    # z·2^-60 = ±c exactly (for c <= 2^67; the limit to 4e-13 for c <= 3e32).
+    bound = jnp.minimum(c * _W_MAX, big)
+    z = jnp.clip(u, -bound, bound)
+    w = z * inv_c
+    return z * jax.lax.rsqrt(1 + w * w)
+  # tanh saturates by itself: only +inf is clipped (to the largest finite
+  # number), as the single operation that reads u.
+  z = jnp.minimum(u, big)
+  w = z * inv_c
+  if formula == "tanh":
+    # v = c·tanh(w); below 2^-60, tanh(w) = w and v = z avoids the underflow
+    # of w for |u| < c·1e-38.
+    return jnp.where(jnp.abs(w) < 2.0**-60, z, c * jnp.tanh(w))
+  if formula == "reference":
+    below = jnp.abs(w) < 1
+    return jnp.where(below, z * jnp.sqrt(1 - jnp.where(below, w * w, 0)), c * jnp.tanh(w))
+  raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}.")
 
 
 def _sharded_flags(leaves: list[jax.Array], axis_name: AxisName | None) -> list[bool]:
@@ -410,7 +439,8 @@ def relativistic_scale(
   dtype = _compute_dtype(*(a.dtype for a in arrays))
   c = jnp.asarray(speed_limit, dtype)
   # c = 0 would make u/c NaN; compute with c = 1 and zero the result instead.
-  positive = c > 0
+  # A subnormal c counts as 0 (an error below c; 1/c would overflow).
+  positive = c >= jnp.finfo(dtype).tiny
   c_safe = jnp.where(positive, c, 1)
   wide = [a.astype(dtype) for a in arrays]
 
