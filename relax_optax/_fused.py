@@ -88,7 +88,11 @@ def _norm_terms(
   """``y``, the number of leaves and ``ρ``, with Adam's update ``u_i = ρ · y(i)``."""
   b1, b2, eps, eps_root = spec.b1, spec.b2, spec.eps, spec.eps_root
   t = count.astype(jnp.float32)
-  use_root = concrete_float(eps_root) != 0.0
+  # With eps_root = 0, sqrt(v + eps_root) is sqrt(v) for "amsgrad" and
+  # "step_size", the very expression Optax's update uses: XLA would merge the
+  # two and write sqrt(v) to a buffer. Adding the per-leaf copy of eps_root
+  # (even 0) keeps them apart. ("adam" takes the root of v, Optax of v̂.)
+  use_root = spec.kind != "adam" or concrete_float(eps_root) != 0.0
   mus = jax.tree.leaves(moments.mu)
   nus = jax.tree.leaves(moments.nu_max if spec.amsgrad else moments.nu)
   if spec.kind == "adam":
