@@ -45,7 +45,11 @@ def scale_by_relativistic(
         relax_optax.scale_by_relativistic(0.1, mode="per_param"),
     )
 
-  which is exactly :func:`relax_optax.relativistic_adam`. With the default
+  which computes what :func:`relax_optax.relativistic_adam` computes (up to
+  float32 rounding). For ``"global"`` and ``"per_param"`` prefer
+  ``relativistic_adam``: this chain reads Adam's update twice (norm and step),
+  so XLA writes it to a scratch buffer, and on CPU the step costs 4-6x Adam's;
+  ``relativistic_adam`` takes the norm from the moments (about 1.5x). With the default
   ``formula="lorentz"``, ``v = u / sqrt(1 + (‖u‖/c)²)``: updates much smaller
   than ``c`` pass almost unchanged (relative change at most ``(‖u‖/c)²/2``),
   large ones saturate smoothly at ``c``.
