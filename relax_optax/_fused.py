@@ -42,6 +42,7 @@ from relax_optax._scaling import (
   apply_group_scale,
   concrete_float,
   group_scale,
+  safe_speed_limit,
 )
 from relax_optax._transform import ScaleByRelativisticState
 
@@ -186,12 +187,11 @@ def speed_limited_adam(
     for i, tx in enumerate(before):
       updates, states[i] = tx.update(updates, states[i], params)
     grads = jax.tree.leaves(updates)
+    rest = i_moments  # The first part still to run as in the chain.
     if FAST_PATH and _eligible(grads, states[i_moments], spec):
       updates = _moments_lr_limit(updates, grads, states, params)
-    else:
-      for i in range(i_moments, i_moments + 3):
-        updates, states[i] = parts[i].update(updates, states[i], params)
-    for i in range(i_moments + 3, len(parts)):
+      rest += 3
+    for i in range(rest, len(parts)):
       updates, states[i] = parts[i].update(updates, states[i], params)
     return updates, tuple(states)
 
@@ -217,9 +217,7 @@ def speed_limited_adam(
   def _limit(w, y, n, r, c):
     """Scales ``w`` (``= r · y`` leaf by leaf) as ``relativistic_scale`` does."""
     leaves, treedef = jax.tree.flatten(w)
-    c = jnp.asarray(c, jnp.float32)
-    positive = c >= jnp.finfo(jnp.float32).tiny  # As relativistic_scale.
-    c_safe = jnp.where(positive, c, 1)
+    positive, c_safe = safe_speed_limit(c, jnp.float32)
     s = jnp.abs(r) / c_safe  # (u/c) = ±s · y.
     groups = [list(range(n))] if mode == "global" else [[i] for i in range(n)]
     out = list(leaves)
@@ -229,7 +227,10 @@ def speed_limited_adam(
       # overflowing product takes the saturated branch of the cond.
       sum_y2 = sum(jnp.sum(jnp.square(y(i))) for i in group)
       q = jnp.where(sum_y2 == 0, 0, jnp.square(s) * sum_y2)
-      scale = group_scale(q, c_safe, formula, lambda group=group: [y(i) * r for i in group])
+      scale = group_scale(
+          q, c_safe, formula, lambda group=group: [y(i) * r for i in group],
+          axis_name=None, sharded=[False] * len(group),
+      )
       for i in group:
         out[i] = jnp.where(positive, apply_group_scale(leaves[i], scale), 0)
     return jax.tree.unflatten(treedef, out)

@@ -191,6 +191,18 @@ def _scale_elements(u: jax.Array, c: jax.Array, formula: str) -> jax.Array:
   raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}.")
 
 
+def safe_speed_limit(speed_limit: jax.typing.ArrayLike, dtype: Any) -> tuple[jax.Array, jax.Array]:
+  """``(positive, c_safe)``: whether ``c`` limits at all, and ``c`` safe to divide by.
+
+  ``c = 0`` would make ``u/c`` NaN: the scaling is computed with ``c = 1`` and
+  its result replaced by 0 where ``positive`` is False. A subnormal ``c``
+  counts as 0 (an error below ``c``; ``1/c`` would overflow).
+  """
+  c = jnp.asarray(speed_limit, dtype)
+  positive = c >= jnp.finfo(dtype).tiny
+  return positive, jnp.where(positive, c, 1)
+
+
 def _sharded_flags(leaves: list[jax.Array], axis_name: AxisName | None) -> list[bool]:
   """Which leaves are sharded over ``axis_name``, i.e. vary across it.
 
@@ -292,8 +304,8 @@ def group_scale(
     c: jax.Array,
     formula: str,
     saturated_leaves: Callable[[], list[jax.Array]],
-    axis_name: AxisName | None = None,
-    sharded: list[bool] | None = None,
+    axis_name: AxisName | None,
+    sharded: list[bool],
 ) -> GroupScale:
   """The scalars that scale one group, given its ``q = Σ (u/c)²``.
 
@@ -314,8 +326,7 @@ def group_scale(
   """
 
   def saturated() -> GroupScale:
-    flags = [False] * len(saturated_leaves()) if sharded is None else sharded
-    return _saturated_scale(saturated_leaves, q, c, axis_name, flags)
+    return _saturated_scale(saturated_leaves, q, c, axis_name, sharded)
 
   def common() -> GroupScale:
     # isinf(q) is False here; derived from q, it is varying over the same
@@ -437,11 +448,7 @@ def relativistic_scale(
     if not jnp.issubdtype(a.dtype, jnp.inexact):
       raise ValueError(f"updates must be floating-point arrays, got dtype {a.dtype}.")
   dtype = _compute_dtype(*(a.dtype for a in arrays))
-  c = jnp.asarray(speed_limit, dtype)
-  # c = 0 would make u/c NaN; compute with c = 1 and zero the result instead.
-  # A subnormal c counts as 0 (an error below c; 1/c would overflow).
-  positive = c >= jnp.finfo(dtype).tiny
-  c_safe = jnp.where(positive, c, 1)
+  positive, c_safe = safe_speed_limit(speed_limit, dtype)
   wide = [a.astype(dtype) for a in arrays]
 
   if mode == "per_component":
