@@ -43,7 +43,7 @@ def speed_limit_warmup(
   References:
     relativistic-adam 1.0.0 (PyPI), ``RelativisticAdam._get_adaptive_speed_limit``.
   """
-  check_range("speed_limit", speed_limit, lower=0.0, lower_open=True)
+  check_range("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
   limit = speed_limit if callable(speed_limit) else lambda count: speed_limit
   if warmup_steps <= 0:
     return lambda count: jnp.asarray(limit(count), jnp.float32)
@@ -182,7 +182,7 @@ def _adam_and_speed_limit(
   """
   validate_mode(mode)
   validate_formula(formula)
-  check_range("speed_limit", speed_limit, lower=0.0, lower_open=True)
+  check_range("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
   validate_choice("bias_correction", bias_correction, BIAS_CORRECTIONS)
   if amsgrad and nesterov:
     raise ValueError("amsgrad=True and nesterov=True cannot be combined.")

@@ -74,6 +74,7 @@ def check_range(
     upper: float = math.inf,
     lower_open: bool = False,
     upper_open: bool = False,
+    allow_inf: bool = False,
 ) -> None:
   """Raises a ``ValueError`` naming ``name`` if a concrete value is out of range.
 
@@ -88,7 +89,7 @@ def check_range(
   x = concrete_float(value)
   if x is None:
     return
-  ok = math.isfinite(x)
+  ok = math.isfinite(x) or (allow_inf and x == math.inf)
   ok = ok and (x > lower if lower_open else x >= lower)
   ok = ok and (x < upper if upper_open else x <= upper)
   if not ok:
@@ -437,7 +438,7 @@ def relativistic_scale(
   """
   validate_mode(mode)
   validate_formula(formula)
-  check_range("speed_limit", speed_limit, lower=0.0)
+  check_range("speed_limit", speed_limit, lower=0.0, allow_inf=True)
 
   leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: not _is_array_leaf(x))
   positions = [i for i, x in enumerate(leaves) if _is_array_leaf(x)]

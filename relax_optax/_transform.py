@@ -92,7 +92,7 @@ def scale_by_relativistic(
   validate_mode(mode)
   validate_formula(formula)
   if not callable(speed_limit):
-    check_range("speed_limit", speed_limit, lower=0.0, lower_open=True)
+    check_range("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
 
   if callable(speed_limit):
 

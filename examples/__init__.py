@@ -1,0 +1,1 @@
+"""Examples: readable scripts that use relax_optax."""
