@@ -61,7 +61,7 @@ def make_optimizer(name: str):
     return relax_optax.relativistic_adam(1e-3, speed_limit=0.1, mode=mode, formula=formula)
   if kind == "chain":
     return optax.chain(
-        optax.adam(1e-3), relax_optax.scale_by_relativistic(0.1, mode=mode, formula=formula)
+      optax.adam(1e-3), relax_optax.scale_by_relativistic(0.1, mode=mode, formula=formula)
     )
   raise ValueError(f"unknown optimizer {name!r}")
 
@@ -69,7 +69,7 @@ def make_optimizer(name: str):
 def hlo_instructions(hlo_text: str) -> int:
   """The number of instructions in an HLO module's text (fusion bodies included)."""
   return sum(
-      1 for line in hlo_text.splitlines() if line.startswith("  ") and " = " in line.split("{")[0]
+    1 for line in hlo_text.splitlines() if line.startswith("  ") and " = " in line.split("{")[0]
   )
 
 
@@ -93,10 +93,10 @@ def compile_once(name: str, n_leaves: int) -> dict[str, float]:
   compiled = lowered.compile()
   t2 = time.perf_counter()
   return {
-      "lower_s": t1 - t0,
-      "compile_s": t2 - t1,
-      "total_s": t2 - t0,
-      "hlo_instructions": hlo_instructions(compiled.as_text()),
+    "lower_s": t1 - t0,
+    "compile_s": t2 - t1,
+    "total_s": t2 - t0,
+    "hlo_instructions": hlo_instructions(compiled.as_text()),
   }
 
 
@@ -105,8 +105,10 @@ def measure(name: str, n_leaves: int, repeats: int) -> dict[str, float]:
   runs = []
   for _ in range(repeats):
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", name, str(n_leaves)],
-        capture_output=True, text=True, check=True,
+      [sys.executable, __file__, "--worker", name, str(n_leaves)],
+      capture_output=True,
+      text=True,
+      check=True,
     )
     runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
   return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
@@ -122,7 +124,14 @@ def plot(rows: list[dict], names: list[str], path: Path) -> None:
   for name in names:
     points = sorted((r["leaves"], r["total_s"]) for r in rows if r["name"] == name)
     style = {"adam": "k-", "adam+clip": "k--"}.get(name, "-")
-    ax.plot(*zip(*points), style, marker="o", ms=3, label=name, lw=1.5 if name in ("adam", "adam+clip") else 1)
+    ax.plot(
+      *zip(*points, strict=True),
+      style,
+      marker="o",
+      ms=3,
+      label=name,
+      lw=1.5 if name in ("adam", "adam+clip") else 1,
+    )
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlabel("leaves (transformer-shaped)")
@@ -153,10 +162,7 @@ def main(argv: list[str] | None = None) -> None:
   from tqdm import tqdm
 
   names = ["adam", "adam+clip"] + [
-      f"{kind}:{mode}:{formula}"
-      for kind in args.kinds
-      for mode in MODES
-      for formula in args.formulas
+    f"{kind}:{mode}:{formula}" for kind in args.kinds for mode in MODES for formula in args.formulas
   ]
   rows = []
   jobs = [(n, name) for n in args.leaves for name in names]
@@ -173,9 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{name:34s}{cells}{ratio:10.2f}")
   print("\nHLO instructions per leaf (optimized module / leaves)")
   for name in names:
-    cells = "".join(
-        f"{by[(name, n)]['hlo_instructions'] / n:10.1f}" for n in args.leaves
-    )
+    cells = "".join(f"{by[(name, n)]['hlo_instructions'] / n:10.1f}" for n in args.leaves)
     print(f"{name:34s}{cells}")
   big = args.leaves[-1]
   clip = by[("adam+clip", big)]["total_s"]
@@ -183,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
   group = max(by[(n, big)]["total_s"] for n in names if ":per_component:" not in n and ":" in n)
   comp = max(by[(n, big)]["total_s"] for n in names if ":per_component:" in n)
   print(
-      f"\nheadline at {big} leaves: slowest global/per_param {group / clip:.2f}x adam+clip"
-      f" (target <= 1); slowest per_component {comp / adam:.2f}x adam (target <= 1.5)"
+    f"\nheadline at {big} leaves: slowest global/per_param {group / clip:.2f}x adam+clip"
+    f" (target <= 1); slowest per_component {comp / adam:.2f}x adam (target <= 1.5)"
   )
   args.out.parent.mkdir(parents=True, exist_ok=True)
   meta = {"leaves": args.leaves, "repeats": args.repeats, "python": sys.version.split()[0]}

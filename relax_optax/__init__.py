@@ -24,15 +24,15 @@ from relax_optax._transform import scale_by_relativistic as scale_by_relativisti
 __version__ = "0.1.0"
 
 __all__ = (
-    "FORMULAS",
-    "MODES",
-    "Formula",
-    "Mode",
-    "ScaleByRelativisticState",
-    "autodiff",
-    "relativistic_adam",
-    "relativistic_adamw",
-    "relativistic_scale",
-    "scale_by_relativistic",
-    "speed_limit_warmup",
+  "FORMULAS",
+  "MODES",
+  "Formula",
+  "Mode",
+  "ScaleByRelativisticState",
+  "autodiff",
+  "relativistic_adam",
+  "relativistic_adamw",
+  "relativistic_scale",
+  "scale_by_relativistic",
+  "speed_limit_warmup",
 )

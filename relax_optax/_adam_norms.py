@@ -77,7 +77,7 @@ def _one_minus_power(b: jax.typing.ArrayLike, t: jax.Array) -> jax.Array:
 
 
 def step_size_correction(
-    b1: jax.typing.ArrayLike, b2: jax.typing.ArrayLike, count: jax.Array
+  b1: jax.typing.ArrayLike, b2: jax.typing.ArrayLike, count: jax.Array
 ) -> jax.Array:
   """``sqrt(1 - b2^t) / (1 - b1^t)`` at the incremented count ``t``."""
   t = count.astype(jnp.float32)
@@ -85,7 +85,7 @@ def step_size_correction(
 
 
 def norm_sources(
-    spec: AdamSpec, grads: list[jax.Array], state: Any, scale: jax.Array
+  spec: AdamSpec, grads: list[jax.Array], state: Any, scale: jax.Array
 ) -> list[jax.Array] | None:
   """``scale · u`` leaf by leaf, from Adam's new state; ``None`` if not covered.
 
@@ -102,7 +102,7 @@ def norm_sources(
   mus = jax.tree.leaves(state.mu)
   nus = jax.tree.leaves(state.nu_max if spec.amsgrad else state.nu)
   if not (len(mus) == len(nus) == len(grads)) or any(
-      m.shape != g.shape for m, g in zip(mus, grads, strict=True)
+    m.shape != g.shape for m, g in zip(mus, grads, strict=True)
   ):
     return None
   b1, b2, eps, eps_root = spec.b1, spec.b2, spec.eps, spec.eps_root
@@ -124,11 +124,13 @@ def norm_sources(
     # Optax's own expression holds sqrt(ν + r) too, and XLA would merge the
     # two into one buffer-backed value: scaling ν by 4 and e by 2 (exact in
     # floating point) keeps the expressions apart and the values equal.
-    k = _inverse_correction(b1, count) if spec.kind == "amsgrad" else (
-        step_size_correction(b1, b2, count))
+    k = (
+      _inverse_correction(b1, count)
+      if spec.kind == "amsgrad"
+      else (step_size_correction(b1, b2, count))
+    )
     rho, d, r, e = 2 * k, 4.0, 4 * eps_root, 2 * eps
   factor = jnp.asarray(rho * scale, jnp.float32)
   return [
-      factor * _wide(m) / (jnp.sqrt(d * _wide(v) + r) + e)
-      for m, v in zip(mus, nus, strict=True)
+    factor * _wide(m) / (jnp.sqrt(d * _wide(v) + r) + e) for m, v in zip(mus, nus, strict=True)
   ]

@@ -46,14 +46,20 @@ def speed_factor(q: jax.Array, formula: str) -> jax.Array:
   if formula == "lorentz":
     # v = u / sqrt(1 + (n/c)²) = u · c / hypot(c, n).
     return jax.lax.rsqrt(1 + q)
-  small = q < _TANH_SERIES_MAX
-  rho = jnp.sqrt(jnp.where(small, 1, q))
-  tanh_ratio = jnp.where(small, 1 - q / 3 + (2 / 15) * q * q, jnp.tanh(rho) / rho)
+  if formula not in FORMULAS:
+    raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}.")
+  # f = num / ρ', with ρ' = 1 where a closed form replaces the ratio. The
+  # division comes last on purpose: XLA does not copy an expensive operation
+  # into each consumer's fusion, but it would copy a final select, and with
+  # it the whole cheap computation of q (in "global" mode, a sum over every
+  # leaf) into every leaf's fusion, which makes the compiled step grow as n².
   if formula == "tanh":
-    return tanh_ratio
-  if formula == "reference":
+    closed = q < _TANH_SERIES_MAX
+    num_closed = 1 - q / 3 + (2 / 15) * q * q  # tanh(ρ)/ρ
+  else:
     # relativistic-adam 1.0.0: u · sqrt(1 - (n/c)²) below the limit and
     # u · tanh(n/c) / (n/c) at or above it (discontinuous at n = c).
-    below = q < 1
-    return jnp.where(below, jnp.sqrt(1 - jnp.where(below, q, 0)), tanh_ratio)
-  raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}.")
+    closed = q < 1
+    num_closed = jnp.sqrt(1 - jnp.where(closed, q, 0))
+  rho = jnp.sqrt(jnp.where(closed, 1, q))
+  return jnp.where(closed, num_closed, jnp.tanh(rho)) / rho

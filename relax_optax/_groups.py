@@ -27,7 +27,6 @@ NaN: there it counts as an infinite entry and the rest of its group saturates.
 
 from __future__ import annotations
 
-import functools
 import typing
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -113,7 +112,7 @@ def _sharded_flags(leaves: Sequence[jax.Array], axis_name: AxisName | None) -> l
 
 
 def _group_sum(
-    sums: Sequence[jax.Array], sharded: Sequence[bool], axis_name: AxisName | None
+  sums: Sequence[jax.Array], sharded: Sequence[bool], axis_name: AxisName | None
 ) -> jax.Array:
   """The sum of per-leaf sums over one group, on every device.
 
@@ -124,17 +123,21 @@ def _group_sum(
   local = [s for s, f in zip(sums, sharded, strict=True) if f]
   whole = [s for s, f in zip(sums, sharded, strict=True) if not f]
   if local:
-    whole.append(jax.lax.psum(functools.reduce(jnp.add, local), axis_name))
-  return functools.reduce(jnp.add, whole)
+    whole.append(jax.lax.psum(_total(local), axis_name))
+  return _total(whole)
+
+
+def _total(values: Sequence[jax.Array]) -> jax.Array:
+  return values[0] if len(values) == 1 else jnp.sum(jnp.stack(values))  # one reduction
 
 
 def scale_leaves(
-    leaves: Sequence[jax.Array],
-    speed_limit: jax.typing.ArrayLike,
-    mode: str,
-    formula: str,
-    axis_name: AxisName | None = None,
-    norm_sources: Sequence[jax.Array] | None = None,
+  leaves: Sequence[jax.Array],
+  speed_limit: jax.typing.ArrayLike,
+  mode: str,
+  formula: str,
+  axis_name: AxisName | None = None,
+  norm_sources: Sequence[jax.Array] | None = None,
 ) -> list[jax.Array]:
   """The scaling of a list of arrays (the array leaves of an update pytree).
 
@@ -175,8 +178,8 @@ def scale_leaves(
     # overflows for c < 1e-19.
     sources = leaves if norm_sources is None else norm_sources
     sums = [
-        jnp.sum(jnp.square(jnp.minimum(jnp.abs(s.astype(dtype) * limit.inv_c), _CLAMP)))
-        for s in sources
+      jnp.sum(jnp.square(jnp.minimum(jnp.abs(s.astype(dtype) * limit.inv_c), _CLAMP)))
+      for s in sources
     ]
     sharded = _sharded_flags(leaves, axis_name)
     if mode == "global":
@@ -184,19 +187,19 @@ def scale_leaves(
       out = [zi * f for zi in z]
     else:
       out = [
-          zi * speed_factor(_group_sum([s], [f], axis_name), formula)
-          for zi, s, f in zip(z, sums, sharded, strict=True)
+        zi * speed_factor(_group_sum([s], [f], axis_name), formula)
+        for zi, s, f in zip(z, sums, sharded, strict=True)
       ]
   return [v.astype(u.dtype) for u, v in zip(leaves, out, strict=True)]
 
 
 def scale_tree(
-    updates: optax.Updates,
-    speed_limit: jax.typing.ArrayLike,
-    mode: str,
-    formula: str,
-    axis_name: AxisName | None = None,
-    norm_sources: Sequence[jax.Array] | None = None,
+  updates: optax.Updates,
+  speed_limit: jax.typing.ArrayLike,
+  mode: str,
+  formula: str,
+  axis_name: AxisName | None = None,
+  norm_sources: Sequence[jax.Array] | None = None,
 ) -> optax.Updates:
   """:func:`scale_leaves` on the array leaves of a pytree (no validation).
 
@@ -206,8 +209,11 @@ def scale_tree(
   leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: not _is_array_leaf(x))
   positions = [i for i, x in enumerate(leaves) if _is_array_leaf(x)]
   arrays = [jnp.asarray(leaves[i]) for i in positions]
-  for i, v in zip(positions, scale_leaves(arrays, speed_limit, mode, formula, axis_name,
-                                          norm_sources), strict=True):
+  for i, v in zip(
+    positions,
+    scale_leaves(arrays, speed_limit, mode, formula, axis_name, norm_sources),
+    strict=True,
+  ):
     leaves[i] = v
   return jax.tree.unflatten(treedef, leaves)
 
@@ -219,12 +225,12 @@ def check_mode_and_formula(mode: Any, formula: Any) -> None:
 
 
 def relativistic_scale(
-    updates: optax.Updates,
-    speed_limit: jax.typing.ArrayLike,
-    *,
-    mode: Mode = "per_param",
-    formula: Formula = "lorentz",
-    axis_name: AxisName | None = None,
+  updates: optax.Updates,
+  speed_limit: jax.typing.ArrayLike,
+  *,
+  mode: Mode = "per_param",
+  formula: Formula = "lorentz",
+  axis_name: AxisName | None = None,
 ) -> optax.Updates:
   """Limits the speed of an update pytree: ``v = u · f((‖u‖/c)²)``.
 
@@ -247,7 +253,8 @@ def relativistic_scale(
   Numerics: norms are accumulated in float32 (or the input's dtype if wider),
   so bfloat16 and float16 updates cannot overflow; the result has the input's
   dtype and is finite for every input without NaN. ``u = 0`` gives 0 and
-  ``c = inf`` gives ``u``. Entries larger than ``2^40·c`` are clipped to
+  ``c = inf`` gives ``u`` (an infinite entry then makes its group NaN:
+  ``inf/inf``). Entries larger than ``2^40·c`` are clipped to
   ``±2^40·c`` before anything else: their group is then at the limit ``c`` to
   working precision, so an infinite or overflowing update saturates at ``c``,
   the clipped entries sharing it by their signs. A NaN stays NaN and never

@@ -29,12 +29,12 @@ BIAS_CORRECTIONS: tuple[str, ...] = typing.get_args(BiasCorrection)
 
 
 def _scale_by_adam_step_size_correction(
-    b1: jax.typing.ArrayLike,
-    b2: jax.typing.ArrayLike,
-    eps: jax.typing.ArrayLike,
-    eps_root: jax.typing.ArrayLike,
-    mu_dtype: Any,
-    amsgrad: bool,
+  b1: jax.typing.ArrayLike,
+  b2: jax.typing.ArrayLike,
+  eps: jax.typing.ArrayLike,
+  eps_root: jax.typing.ArrayLike,
+  mu_dtype: Any,
+  amsgrad: bool,
 ) -> optax.GradientTransformation:
   """Adam with the bias correction folded into the step size, as relativistic-adam.
 
@@ -78,21 +78,32 @@ def _scale_by_adam_step_size_correction(
       return (step_size * direction).astype(direction.dtype)
 
     updates = jax.tree.map(
-        lambda m, v: None if m is None else step(m, v), mu, denom_nu, is_leaf=lambda x: x is None
+      lambda m, v: None if m is None else step(m, v), mu, denom_nu, is_leaf=lambda x: x is None
     )
     mu = optax.tree_utils.tree_cast(mu, mu_dtype)
     if amsgrad:
-      return updates, optax.ScaleByAmsgradState(
-          count=count_inc, mu=mu, nu=nu, nu_max=nu_max
-      )
+      return updates, optax.ScaleByAmsgradState(count=count_inc, mu=mu, nu=nu, nu_max=nu_max)
     return updates, optax.ScaleByAdamState(count=count_inc, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _check_args(
-    learning_rate, b1, b2, eps, eps_root, weight_decay, speed_limit, mode, formula,
-    amsgrad, adaptive_speed, speed_warmup_steps, nesterov, bias_correction, norms_from_moments,
+  learning_rate,
+  b1,
+  b2,
+  eps,
+  eps_root,
+  weight_decay,
+  speed_limit,
+  mode,
+  formula,
+  amsgrad,
+  adaptive_speed,
+  speed_warmup_steps,
+  nesterov,
+  bias_correction,
+  norms_from_moments,
 ) -> None:
   """Validates the arguments shared by the recipes, each with one rule."""
   check_scalar_or_schedule("learning_rate", learning_rate, lower=0.0)
@@ -116,25 +127,25 @@ def _check_args(
 
 
 def adam_with_speed_limit(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: jax.typing.ArrayLike,
-    b2: jax.typing.ArrayLike,
-    eps: jax.typing.ArrayLike,
-    eps_root: jax.typing.ArrayLike,
-    mu_dtype: Any,
-    nesterov: bool,
-    amsgrad: bool,
-    speed_limit: optax.ScalarOrSchedule,
-    mode: str,
-    formula: str,
-    adaptive_speed: bool,
-    speed_warmup_steps: int,
-    bias_correction: str,
-    axis_name: AxisName | None,
-    before: list[optax.GradientTransformation],
-    after: list[optax.GradientTransformation],
-    *,
-    norms_from_moments: bool = True,
+  learning_rate: optax.ScalarOrSchedule,
+  b1: jax.typing.ArrayLike,
+  b2: jax.typing.ArrayLike,
+  eps: jax.typing.ArrayLike,
+  eps_root: jax.typing.ArrayLike,
+  mu_dtype: Any,
+  nesterov: bool,
+  amsgrad: bool,
+  speed_limit: optax.ScalarOrSchedule,
+  mode: str,
+  formula: str,
+  adaptive_speed: bool,
+  speed_warmup_steps: int,
+  bias_correction: str,
+  axis_name: AxisName | None,
+  before: list[optax.GradientTransformation],
+  after: list[optax.GradientTransformation],
+  *,
+  norms_from_moments: bool = True,
 ) -> optax.GradientTransformation:
   """``optax.chain(*before, adam, scale_by_learning_rate, speed limit, *after)``.
 
@@ -158,7 +169,9 @@ def adam_with_speed_limit(
   limit = _scale_by_relativistic(c, mode, formula, axis_name)
   parts = [*before, moments, lr, limit, *after]
   chain = optax.chain(*parts)
-  if mode == "per_component" or not norms_from_moments:
+  if mode == "per_component" or not norms_from_moments or mu_dtype is not None:
+    # per_component is one fused pass already; with mu_dtype the state holds
+    # the first moment rounded to it, not the one Adam's step used.
     return chain
   spec = AdamSpec(kind, b1, b2, eps, eps_root, nesterov, amsgrad)
   i_moments = len(before)
@@ -189,24 +202,24 @@ def _is_zero(x: Any) -> bool:
 
 
 def relativistic_adam(
-    learning_rate: optax.ScalarOrSchedule = 1e-3,
-    b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.999,
-    eps: jax.typing.ArrayLike = 1e-8,
-    *,
-    speed_limit: optax.ScalarOrSchedule = 0.1,
-    mode: Mode = "per_param",
-    formula: Formula = "lorentz",
-    weight_decay: jax.typing.ArrayLike = 0.0,
-    amsgrad: bool = False,
-    adaptive_speed: bool = False,
-    speed_warmup_steps: int = 1000,
-    eps_root: jax.typing.ArrayLike = 0.0,
-    mu_dtype: jax.typing.DTypeLike | None = None,
-    nesterov: bool = False,
-    bias_correction: BiasCorrection = "moments",
-    axis_name: AxisName | None = None,
-    norms_from_moments: bool = True,
+  learning_rate: optax.ScalarOrSchedule = 1e-3,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  *,
+  speed_limit: optax.ScalarOrSchedule = 0.1,
+  mode: Mode = "per_param",
+  formula: Formula = "lorentz",
+  weight_decay: jax.typing.ArrayLike = 0.0,
+  amsgrad: bool = False,
+  adaptive_speed: bool = False,
+  speed_warmup_steps: int = 1000,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  mu_dtype: jax.typing.DTypeLike | None = None,
+  nesterov: bool = False,
+  bias_correction: BiasCorrection = "moments",
+  axis_name: AxisName | None = None,
+  norms_from_moments: bool = True,
 ) -> optax.GradientTransformation:
   """Adam whose update, in parameter units, never exceeds a speed limit ``c``.
 
@@ -309,38 +322,65 @@ def relativistic_adam(
     13.0222
   """
   _check_args(
-      learning_rate, b1, b2, eps, eps_root, weight_decay, speed_limit, mode, formula,
-      amsgrad, adaptive_speed, speed_warmup_steps, nesterov, bias_correction,
-      norms_from_moments,
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    weight_decay,
+    speed_limit,
+    mode,
+    formula,
+    amsgrad,
+    adaptive_speed,
+    speed_warmup_steps,
+    nesterov,
+    bias_correction,
+    norms_from_moments,
   )
   before = [] if _is_zero(weight_decay) else [optax.add_decayed_weights(weight_decay)]
   return adam_with_speed_limit(
-      learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad,
-      speed_limit, mode, formula, adaptive_speed, speed_warmup_steps, bias_correction,
-      axis_name, before=before, after=[], norms_from_moments=norms_from_moments,
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    mu_dtype,
+    nesterov,
+    amsgrad,
+    speed_limit,
+    mode,
+    formula,
+    adaptive_speed,
+    speed_warmup_steps,
+    bias_correction,
+    axis_name,
+    before=before,
+    after=[],
+    norms_from_moments=norms_from_moments,
   )
 
 
 def relativistic_adamw(
-    learning_rate: optax.ScalarOrSchedule = 1e-3,
-    b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.999,
-    eps: jax.typing.ArrayLike = 1e-8,
-    *,
-    speed_limit: optax.ScalarOrSchedule = 0.1,
-    mode: Mode = "per_param",
-    formula: Formula = "lorentz",
-    weight_decay: jax.typing.ArrayLike = 1e-2,
-    mask: Any | Callable[[optax.Params], Any] | None = None,
-    amsgrad: bool = False,
-    adaptive_speed: bool = False,
-    speed_warmup_steps: int = 1000,
-    eps_root: jax.typing.ArrayLike = 0.0,
-    mu_dtype: jax.typing.DTypeLike | None = None,
-    nesterov: bool = False,
-    bias_correction: BiasCorrection = "moments",
-    axis_name: AxisName | None = None,
-    norms_from_moments: bool = True,
+  learning_rate: optax.ScalarOrSchedule = 1e-3,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  *,
+  speed_limit: optax.ScalarOrSchedule = 0.1,
+  mode: Mode = "per_param",
+  formula: Formula = "lorentz",
+  weight_decay: jax.typing.ArrayLike = 1e-2,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
+  amsgrad: bool = False,
+  adaptive_speed: bool = False,
+  speed_warmup_steps: int = 1000,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  mu_dtype: jax.typing.DTypeLike | None = None,
+  nesterov: bool = False,
+  bias_correction: BiasCorrection = "moments",
+  axis_name: AxisName | None = None,
+  norms_from_moments: bool = True,
 ) -> optax.GradientTransformation:
   """:func:`relativistic_adam` with decoupled weight decay after the update.
 
@@ -419,9 +459,21 @@ def relativistic_adamw(
     [0.95 0.95]
   """
   _check_args(
-      learning_rate, b1, b2, eps, eps_root, weight_decay, speed_limit, mode, formula,
-      amsgrad, adaptive_speed, speed_warmup_steps, nesterov, bias_correction,
-      norms_from_moments,
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    weight_decay,
+    speed_limit,
+    mode,
+    formula,
+    amsgrad,
+    adaptive_speed,
+    speed_warmup_steps,
+    nesterov,
+    bias_correction,
+    norms_from_moments,
   )
   after = []
   if not _is_zero(weight_decay):
@@ -436,7 +488,22 @@ def relativistic_adamw(
       decay_after_update = optax.masked(decay_after_update, mask)
     after.append(decay_after_update)
   return adam_with_speed_limit(
-      learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad,
-      speed_limit, mode, formula, adaptive_speed, speed_warmup_steps, bias_correction,
-      axis_name, before=[], after=after, norms_from_moments=norms_from_moments,
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    mu_dtype,
+    nesterov,
+    amsgrad,
+    speed_limit,
+    mode,
+    formula,
+    adaptive_speed,
+    speed_warmup_steps,
+    bias_correction,
+    axis_name,
+    before=[],
+    after=after,
+    norms_from_moments=norms_from_moments,
   )

@@ -10,7 +10,7 @@ from relax_optax._validation import check_int, check_scalar_or_schedule
 
 
 def speed_limit_warmup(
-    speed_limit: optax.ScalarOrSchedule, warmup_steps: jax.typing.ArrayLike
+  speed_limit: optax.ScalarOrSchedule, warmup_steps: jax.typing.ArrayLike
 ) -> optax.Schedule:
   """The warm-up of relativistic-adam's ``adaptive_speed``: ``c·min(1, t/w)``.
 

@@ -20,11 +20,11 @@ class ScaleByRelativisticState(NamedTuple):
 
 
 def scale_by_relativistic(
-    speed_limit: optax.ScalarOrSchedule = 0.1,
-    *,
-    mode: Mode = "per_param",
-    formula: Formula = "lorentz",
-    axis_name: AxisName | None = None,
+  speed_limit: optax.ScalarOrSchedule = 0.1,
+  *,
+  mode: Mode = "per_param",
+  formula: Formula = "lorentz",
+  axis_name: AxisName | None = None,
 ) -> optax.GradientTransformation:
   """Limits the speed of updates: ``v = u · f((‖u‖/c)²)``, ``‖v‖ < c``.
 
@@ -94,10 +94,10 @@ def scale_by_relativistic(
 
 
 def _scale_by_relativistic(
-    speed_limit: optax.ScalarOrSchedule,
-    mode: str,
-    formula: str,
-    axis_name: AxisName | None,
+  speed_limit: optax.ScalarOrSchedule,
+  mode: str,
+  formula: str,
+  axis_name: AxisName | None,
 ) -> optax.GradientTransformation:
   """:func:`scale_by_relativistic` without validation (for the recipes)."""
 

@@ -34,7 +34,7 @@ def _concrete_scalar(name: str, value: Any) -> float | None:
       raise TypeError(f"{name} must be a scalar, got an array of shape {np.shape(value)}.")
     dtype = np.dtype(value.dtype)
     if dtype == np.bool_ or not (
-        np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
+      np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
     ):
       raise TypeError(f"{name} must be a real scalar, got dtype {dtype}.")
     return float(value)
@@ -42,14 +42,14 @@ def _concrete_scalar(name: str, value: Any) -> float | None:
 
 
 def check_scalar(
-    name: str,
-    value: Any,
-    *,
-    lower: float,
-    upper: float = math.inf,
-    lower_open: bool = False,
-    upper_open: bool = False,
-    allow_inf: bool = False,
+  name: str,
+  value: Any,
+  *,
+  lower: float,
+  upper: float = math.inf,
+  lower_open: bool = False,
+  upper_open: bool = False,
+  allow_inf: bool = False,
 ) -> None:
   """Checks a scalar hyperparameter: its kind and, if concrete, its range.
 
@@ -91,9 +91,12 @@ def check_int(name: str, value: Any) -> None:
   if isinstance(value, jax.core.Tracer):
     return
   if isinstance(value, (bool, np.bool_)) or not (
-      isinstance(value, numbers.Integral)
-      or (isinstance(value, (jax.Array, np.ndarray, np.generic))
-          and np.ndim(value) == 0 and np.issubdtype(value.dtype, np.integer))
+    isinstance(value, numbers.Integral)
+    or (
+      isinstance(value, (jax.Array, np.ndarray, np.generic))
+      and np.ndim(value) == 0
+      and np.issubdtype(value.dtype, np.integer)
+    )
   ):
     raise TypeError(f"{name} must be an integer, got {value!r}.")
 
@@ -111,7 +114,7 @@ def concrete_float(value: Any) -> float | None:
   if isinstance(value, numbers.Real):
     return float(value)
   if isinstance(value, (jax.Array, np.ndarray, np.generic)) and not isinstance(
-      value, jax.core.Tracer
+    value, jax.core.Tracer
   ):
     if np.ndim(value) == 0 and np.issubdtype(value.dtype, np.number):
       return float(value)
