@@ -6,10 +6,8 @@ Public API, all importable from the package root:
 - :func:`scale_by_relativistic`: the ``optax.GradientTransformation``.
 - :func:`relativistic_adam`, :func:`relativistic_adamw`: the optimizers.
 - :func:`speed_limit_warmup`: the ``adaptive_speed`` warm-up schedule.
-- :mod:`relax_optax.autodiff`: forward- vs reverse-mode autodiff cost.
 """
 
-from relax_optax import autodiff as autodiff
 from relax_optax._alias import relativistic_adam as relativistic_adam
 from relax_optax._alias import relativistic_adamw as relativistic_adamw
 from relax_optax._alias import speed_limit_warmup as speed_limit_warmup
@@ -19,13 +17,12 @@ from relax_optax._scaling import relativistic_scale as relativistic_scale
 from relax_optax._transform import ScaleByRelativisticState as ScaleByRelativisticState
 from relax_optax._transform import scale_by_relativistic as scale_by_relativistic
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place; pyproject.toml reads it from here
 
 __all__ = (
     "FORMULAS",
     "MODES",
     "ScaleByRelativisticState",
-    "autodiff",
     "relativistic_adam",
     "relativistic_adamw",
     "relativistic_scale",
