@@ -45,7 +45,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-
 from jax.extend import core as jex_core
 
 from benchmarks._common import json_safe, median_call_time_s, pyplot

@@ -20,14 +20,13 @@ Writes ``lr_sensitivity.png`` (final loss vs learning rate) and
 
 Run::
 
-  python benchmarks/lr_sensitivity.py          # about 5 minutes on one core
+  python -m benchmarks.lr_sensitivity          # about 5 minutes on one core
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -38,10 +37,10 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-import high_lr_demo as demo
+from benchmarks._common import RESULTS, pyplot
+from benchmarks._common import lr_sensitivity as sensitivity
+from examples import high_lr_demo as demo
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
 
 
@@ -70,13 +69,6 @@ def initial_loss(graphdef, params, task: demo.Task, loss: str) -> np.ndarray:
     return jnp.mean((out - task.y_val) ** 2)
 
   return np.asarray(jax.jit(jax.vmap(one))(params))
-
-
-def sensitivity(final: np.ndarray, init: np.ndarray) -> np.ndarray:
-  """Wortsman et al. (2023) LR sensitivity per seed; ``final`` is (lrs, seeds)."""
-  capped = np.minimum(np.where(np.isfinite(final), final, np.inf), init[None])
-  best = capped.min(axis=0)
-  return (capped - best[None]).mean(axis=0)
 
 
 def run_task(name, task, loss, txs, lrs, seeds, args, bar) -> dict:
@@ -113,11 +105,7 @@ def print_tables(res: dict, lrs: list[float]) -> None:
 
 
 def plot(results: list[dict], lrs: list[float], path: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.8))
   cmap = plt.get_cmap("tab10")
   for ax, res in zip(np.atleast_1d(axes), results, strict=True):

@@ -34,7 +34,7 @@ timed on the same shapes in a subprocess and reported in ns per parameter.
 
 Run (one core, as the headline numbers were measured)::
 
-  taskset -c 0 python benchmarks/step_overhead.py
+  taskset -c 0 python -m benchmarks.step_overhead
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ import numpy as np
 import optax
 
 import relax_optax
+from benchmarks._common import RESULTS, pyplot
 
-RESULTS = Path(__file__).parent / "results"
 TARGETS = {"per_component": 1.05, "per_param": 1.35, "global": 1.35}
 
 
@@ -292,10 +292,7 @@ def summarise(rows, names, args) -> None:
 
 
 def plot(rows, names, path: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   for ax, layout in zip(axes, ("few_large", "many_small"), strict=True):

@@ -54,7 +54,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-
 # ---------------------------------------------------------------------------
 # The textbook example and its two hand-written accumulations.
 # ---------------------------------------------------------------------------
