@@ -20,12 +20,12 @@ from relax_optax._transform import scale_by_relativistic as scale_by_relativisti
 __version__ = "0.1.0"  # the one place; pyproject.toml reads it from here
 
 __all__ = (
-    "FORMULAS",
-    "MODES",
-    "ScaleByRelativisticState",
-    "relativistic_adam",
-    "relativistic_adamw",
-    "relativistic_scale",
-    "scale_by_relativistic",
-    "speed_limit_warmup",
+  "FORMULAS",
+  "MODES",
+  "ScaleByRelativisticState",
+  "relativistic_adam",
+  "relativistic_adamw",
+  "relativistic_scale",
+  "scale_by_relativistic",
+  "speed_limit_warmup",
 )
