@@ -46,8 +46,24 @@ myst_heading_anchors = 3
 # API reference: autosummary writes one page per public name (docs/api/_autosummary).
 autosummary_generate = True
 templates_path = ["_templates"]  # a class page documents its own members, not tuple's
-autodoc_typehints = "description"
+autodoc_typehints = "signature"
 autodoc_member_order = "bysource"
+# Keep the ecosystem's type names as written (the core uses `from __future__ import
+# annotations`), instead of expanding e.g. ArrayLike into a ten-member Union.
+autodoc_type_aliases = {
+  name: name
+  for name in [
+    "jax.typing.ArrayLike",
+    "jax.Array",
+    "optax.ScalarOrSchedule",
+    "optax.Schedule",
+    "optax.Updates",
+    "optax.GradientTransformation",
+    "Mode",
+    "Formula",
+    "BiasCorrection",
+  ]
+}
 autodoc_default_options = {"members": True, "undoc-members": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -73,8 +89,10 @@ import relax_optax
 
 html_theme = "sphinx_book_theme"
 html_title = f"relax_optax {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 html_theme_options = {
+  "navbar_persistent": [],  # one search box (the sidebar's), not a second in a top bar
   "show_toc_level": 2,
   "navigation_with_keys": False,
   "use_download_button": False,

@@ -488,6 +488,7 @@ def check_public_api(app) -> None:
 
   text = (Path(app.srcdir) / "api.md").read_text()
   listed = set(re.findall(r"^   ([A-Za-z_]\w*)\s*$", text, flags=re.M))
+  listed |= set(re.findall(r"^\.\. py:data:: ([A-Za-z_]\w*)\s*$", text, flags=re.M))
   missing = sorted(set(relax_optax.__all__) - listed)
   extra = sorted(listed - set(relax_optax.__all__))
   if missing or extra:
