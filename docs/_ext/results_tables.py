@@ -137,7 +137,7 @@ def high_lr() -> Table:
     )
     rows.append(
       [
-        f"``{name}``",
+        name if r is best else f"``{name}``",
         f"{r['exploded_seeds']}/{seeds}{at}",
         f"{r['nonfinite_seeds']}/{seeds}",
         val,
@@ -223,9 +223,9 @@ def circuits_notebook() -> Table:
     rows.append(
       [
         task,
-        f"{losses[-1]:.3g} ({last // 1000}k)",
+        f"{losses[-1]:.3g} ({_steps(last)})",
         _g(ours),
-        f"{r['test_mse'][0][-1]:.3g} ({r['steps'][-1] // 1000}k)",
+        f"{r['test_mse'][0][-1]:.3g} ({_steps(r['steps'][-1])})",
         f"{r['seconds']:.1f}",
       ]
     )
@@ -259,10 +259,14 @@ def circuits_seeds() -> Table:
   return header, rows
 
 
+def _steps(s: int) -> str:
+  return f"{s / 1e6:g}M" if s >= 1_000_000 else f"{s // 1000}k"
+
+
 def _first_below(steps: list[int], curve: list[float]) -> str:
   for s, v in zip(steps, curve, strict=True):
     if v < SUCCESS_MSE:
-      return f"{s / 1e6:g}M" if s >= 1e6 else f"{s // 1000}k"
+      return _steps(s)
   return "–"
 
 
