@@ -8,12 +8,14 @@ Public API, all importable from the package root:
 - :func:`speed_limit_warmup`: the ``adaptive_speed`` warm-up schedule.
 """
 
-from relax_optax._alias import relativistic_adam as relativistic_adam
-from relax_optax._alias import relativistic_adamw as relativistic_adamw
-from relax_optax._alias import speed_limit_warmup as speed_limit_warmup
-from relax_optax._scaling import FORMULAS as FORMULAS
-from relax_optax._scaling import MODES as MODES
-from relax_optax._scaling import relativistic_scale as relativistic_scale
+from relax_optax._formulas import FORMULAS as FORMULAS
+from relax_optax._formulas import Formula as Formula
+from relax_optax._groups import MODES as MODES
+from relax_optax._groups import Mode as Mode
+from relax_optax._groups import relativistic_scale as relativistic_scale
+from relax_optax._recipes import relativistic_adam as relativistic_adam
+from relax_optax._recipes import relativistic_adamw as relativistic_adamw
+from relax_optax._schedules import speed_limit_warmup as speed_limit_warmup
 from relax_optax._transform import ScaleByRelativisticState as ScaleByRelativisticState
 from relax_optax._transform import scale_by_relativistic as scale_by_relativistic
 
@@ -22,6 +24,8 @@ __version__ = "0.1.0"  # the one place; pyproject.toml reads it from here
 __all__ = (
   "FORMULAS",
   "MODES",
+  "Formula",
+  "Mode",
   "ScaleByRelativisticState",
   "relativistic_adam",
   "relativistic_adamw",

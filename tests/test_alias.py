@@ -228,8 +228,13 @@ class TestValidation:
           (dict(b2=1.5), r"b2 must be a finite number in \[0, 1\)"),
           (dict(eps=-1e-8), r"eps must be a finite number in \[0"),
           (dict(weight_decay=-0.1), r"weight_decay must be a finite number in \[0"),
-          (dict(speed_limit=0.0), r"speed_limit must be a finite number in \(0"),
-          (dict(speed_limit=float("inf")), r"speed_limit"),
+          (dict(speed_limit=0.0), r"speed_limit must be a number in \(0, inf\]"),
+          (dict(speed_limit=-float("inf")), r"speed_limit"),
+          (dict(speed_limit=jnp.array(-0.1)), r"speed_limit must be a number in \(0"),
+          (dict(speed_limit=jnp.array(jnp.nan)), r"speed_limit must be a number in \(0"),
+          (dict(speed_limit=np.float32(0.0)), r"speed_limit must be a number in \(0"),
+          (dict(learning_rate=jnp.array(jnp.nan)), r"learning_rate must be a finite number"),
+          (dict(bias_correction="torch"), r"bias_correction must be one of"),
           (dict(mode="layer"), r"mode must be one of \('global', 'per_param', 'per_component'\)"),
           (dict(formula="x"), r"formula must be one of \('lorentz', 'tanh', 'reference'\)"),
           (dict(amsgrad=True, nesterov=True), r"amsgrad=True and nesterov=True"),
@@ -238,6 +243,39 @@ class TestValidation:
   def test_bad_arguments(self, make, kwargs, match):
     with pytest.raises(ValueError, match=match):
       make(**kwargs)
+
+  @pytest.mark.parametrize("make", [relax_optax.relativistic_adam, relax_optax.relativistic_adamw])
+  @pytest.mark.parametrize(
+      "kwargs, match",
+      [
+          (dict(speed_limit=None), "speed_limit must be a real scalar"),
+          (dict(speed_limit="0.1"), "speed_limit must be a real scalar"),
+          (dict(speed_limit=[0.1]), "speed_limit must be a real scalar"),
+          (dict(speed_limit=True), "speed_limit must be a real scalar"),
+          (dict(speed_limit=jnp.ones(2)), "speed_limit must be a scalar"),
+          (dict(learning_rate=None), "learning_rate must be a real scalar"),
+          (dict(learning_rate=[1e-3]), "learning_rate must be a real scalar"),
+          (dict(learning_rate="1e-3"), "learning_rate must be a real scalar"),
+          (dict(learning_rate=np.ones(3)), "learning_rate must be a scalar"),
+          (dict(speed_warmup_steps=None), "speed_warmup_steps must be an integer"),
+          (dict(speed_warmup_steps=10.5), "speed_warmup_steps must be an integer"),
+          (dict(speed_warmup_steps=True), "speed_warmup_steps must be an integer"),
+          (dict(amsgrad=1), "amsgrad must be True or False"),
+          (dict(mode=None), "mode must be one of"),
+      ],
+  )
+  def test_wrong_kinds_raise_type_errors_naming_the_argument(self, make, kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+      make(**kwargs)
+
+  def test_speed_limit_inf_is_adam(self):
+    params = {"w": jnp.arange(3.0)}
+    grads = {"w": jnp.asarray([1e3, -2.0, 0.5])}
+    for make, ref in ((relax_optax.relativistic_adam, optax.adam(0.1)),):
+      tx = make(0.1, speed_limit=float("inf"))
+      u, _ = tx.update(grads, tx.init(params), params)
+      v, _ = ref.update(grads, ref.init(params), params)
+      chex.assert_trees_all_close(u, v, rtol=1e-6)
 
 
 class TestOptaxWrappers:

@@ -194,12 +194,12 @@ def test_zero_update_and_zero_speed_limit_give_zero(mode, formula):
   chex.assert_trees_all_equal(
       relax_optax.relativistic_scale(zeros, 0.1, mode=mode, formula=formula), zeros
   )
-  chex.assert_trees_all_equal(
-      relax_optax.relativistic_scale(zeros, 0.0, mode=mode, formula=formula), zeros
-  )
-  chex.assert_trees_all_equal(
-      relax_optax.relativistic_scale(ones, 0.0, mode=mode, formula=formula), zeros
-  )
+  # A constant c must be > 0; a traced one (a schedule that starts at 0, or
+  # goes negative) gives a zero update.
+  scale = jax.jit(relax_optax.relativistic_scale, static_argnames=("mode", "formula"))
+  for c in (0.0, -1.0, 1e-40):
+    chex.assert_trees_all_equal(scale(zeros, c, mode=mode, formula=formula), zeros)
+    chex.assert_trees_all_equal(scale(ones, c, mode=mode, formula=formula), zeros)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -238,11 +238,18 @@ def test_invalid_arguments_raise_value_errors():
     relax_optax.relativistic_scale(u, 1.0, mode="layer")
   with pytest.raises(ValueError, match=r"formula must be one of .*lorentz"):
     relax_optax.relativistic_scale(u, 1.0, formula="sigmoid")
-  for bad in (-1.0, float("nan"), float("inf")):
-    with pytest.raises(ValueError, match="speed_limit"):
+  for bad in (0.0, -1.0, float("nan"), -float("inf"), jnp.array(-0.1), jnp.array(jnp.nan),
+              np.float32(0.0)):
+    with pytest.raises(ValueError, match=r"speed_limit must be a number in \(0, inf\]"):
       relax_optax.relativistic_scale(u, bad)
-  with pytest.raises(ValueError, match="floating-point"):
+  for bad in (None, "1.0", [1.0], True, jnp.ones(2), 1j):
+    with pytest.raises(TypeError, match="speed_limit"):
+      relax_optax.relativistic_scale(u, bad)
+  with pytest.raises(TypeError, match="floating-point"):
     relax_optax.relativistic_scale(jnp.arange(3), 1.0)
+  # Concrete NumPy and JAX scalars are checked like floats, and valid ones pass.
+  for good in (np.float32(0.5), jnp.array(0.5), 1, float("inf")):
+    relax_optax.relativistic_scale(u, good)
 
 
 # ---------------------------------------------------------------------------

@@ -2,85 +2,30 @@
 
 from __future__ import annotations
 
-import math
+import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from relax_optax._fused import AdamSpec, speed_limited_adam
-from relax_optax._scaling import (
-    Formula,
-    Mode,
-    check_range,
-    concrete_float,
-    validate_choice,
-    validate_formula,
-    validate_mode,
+from relax_optax._adam_norms import AdamSpec, norm_sources, step_size_correction
+from relax_optax._formulas import Formula
+from relax_optax._groups import AxisName, Mode, check_mode_and_formula
+from relax_optax._schedules import speed_limit_warmup
+from relax_optax._transform import _scale_by_relativistic
+from relax_optax._validation import (
+  check_bool,
+  check_choice,
+  check_int,
+  check_scalar,
+  check_scalar_or_schedule,
 )
-from relax_optax._transform import scale_by_relativistic
-
-
-def speed_limit_warmup(
-    speed_limit: optax.ScalarOrSchedule, warmup_steps: int
-) -> optax.Schedule:
-  """The warm-up of relativistic-adam's ``adaptive_speed``: ``c·min(1, t/w)``.
-
-  The step ``t`` is counted from 1 (the schedule's count 0 is step 1), as the
-  reference does, so the first step's limit is ``c / w``, never 0.
-
-  Args:
-    speed_limit: the full speed limit ``c > 0``, or a schedule ``c(t)`` (then
-      the warm-up multiplies it: ``c(t)·min(1, t/w)``).
-    warmup_steps: ``w``, the number of steps to reach ``c``; ``w <= 0`` means
-      no warm-up (the constant ``c``).
-
-  Returns:
-    An ``optax.Schedule`` mapping the step count to the speed limit.
-
-  References:
-    relativistic-adam 1.0.0 (PyPI), ``RelativisticAdam._get_adaptive_speed_limit``.
-  """
-  check_range("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
-  limit = speed_limit if callable(speed_limit) else lambda count: speed_limit
-  if warmup_steps <= 0:
-    return lambda count: jnp.asarray(limit(count), jnp.float32)
-
-  def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-    t = jnp.asarray(count, jnp.float32) + 1
-    return limit(count) * jnp.minimum(1.0, t / warmup_steps)
-
-  return schedule
-
 
 BiasCorrection = Literal["moments", "step_size"]
-BIAS_CORRECTIONS: tuple[str, ...] = ("moments", "step_size")
-
-
-def _one_minus_power(b: jax.typing.ArrayLike, t: jax.Array) -> jax.Array:
-  """``1 - b**t`` in float32 without cancellation, for ``b`` in [0, 1), ``t >= 1``.
-
-  ``1 - b**t`` with ``b`` rounded to float32 cancels: measured over
-  ``t <= 20000`` it is off by 2e-5 (relative) for ``b = 0.999`` and 1.5e-3 for
-  ``b = 0.99999``; ``-expm1(t·log b)``, with ``log b`` taken in float64 when
-  ``b`` is a Python number, stays within 4e-7. ``log 0 = -inf`` gives 1.
-  """
-  x = concrete_float(b)
-  if x is None:
-    log_b = jnp.log(jnp.asarray(b, jnp.float32))
-  else:
-    log_b = jnp.float32(math.log(x) if x > 0 else -math.inf)
-  return -jnp.expm1(t * log_b)
-
-
-def _step_size_correction(
-    b1: jax.typing.ArrayLike, b2: jax.typing.ArrayLike, count: jax.Array
-) -> jax.Array:
-  """``sqrt(1 - b2^t) / (1 - b1^t)`` at the incremented count ``t``."""
-  t = count.astype(jnp.float32)
-  return jnp.sqrt(_one_minus_power(b2, t)) / _one_minus_power(b1, t)
+BIAS_CORRECTIONS: tuple[str, ...] = typing.get_args(BiasCorrection)
 
 
 def _scale_by_adam_step_size_correction(
@@ -125,7 +70,7 @@ def _scale_by_adam_step_size_correction(
       denom_nu = nu_max
     else:
       denom_nu = nu
-    step_size = _step_size_correction(b1, b2, count_inc)
+    step_size = step_size_correction(b1, b2, count_inc)
 
     def step(m, v):
       # step_size * (exp_avg / (exp_avg_sq.sqrt() + eps)): eps before correction.
@@ -145,18 +90,32 @@ def _scale_by_adam_step_size_correction(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _check_adam_args(learning_rate, b1, b2, eps, eps_root, weight_decay) -> None:
-  if not callable(learning_rate):
-    check_range("learning_rate", learning_rate, lower=0.0)
-  check_range("b1", b1, lower=0.0, upper=1.0, upper_open=True)
-  check_range("b2", b2, lower=0.0, upper=1.0, upper_open=True)
-  check_range("eps", eps, lower=0.0)
-  check_range("eps_root", eps_root, lower=0.0)
-  if not callable(weight_decay):
-    check_range("weight_decay", weight_decay, lower=0.0)
+def _check_args(
+    learning_rate, b1, b2, eps, eps_root, weight_decay, speed_limit, mode, formula,
+    amsgrad, adaptive_speed, speed_warmup_steps, nesterov, bias_correction, norms_from_moments,
+) -> None:
+  """Validates the arguments shared by the recipes, each with one rule."""
+  check_scalar_or_schedule("learning_rate", learning_rate, lower=0.0)
+  check_scalar("b1", b1, lower=0.0, upper=1.0, upper_open=True)
+  check_scalar("b2", b2, lower=0.0, upper=1.0, upper_open=True)
+  check_scalar("eps", eps, lower=0.0)
+  check_scalar("eps_root", eps_root, lower=0.0)
+  check_scalar_or_schedule("weight_decay", weight_decay, lower=0.0)
+  check_scalar_or_schedule("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
+  check_mode_and_formula(mode, formula)
+  check_bool("amsgrad", amsgrad)
+  check_bool("adaptive_speed", adaptive_speed)
+  check_int("speed_warmup_steps", speed_warmup_steps)
+  check_bool("nesterov", nesterov)
+  check_choice("bias_correction", bias_correction, BIAS_CORRECTIONS)
+  check_bool("norms_from_moments", norms_from_moments)
+  if amsgrad and nesterov:
+    raise ValueError("amsgrad=True and nesterov=True cannot be combined.")
+  if bias_correction == "step_size" and nesterov:
+    raise ValueError('bias_correction="step_size" and nesterov=True cannot be combined.')
 
 
-def _adam_and_speed_limit(
+def adam_with_speed_limit(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike,
     b2: jax.typing.ArrayLike,
@@ -165,30 +124,27 @@ def _adam_and_speed_limit(
     mu_dtype: Any,
     nesterov: bool,
     amsgrad: bool,
-    speed_limit: jax.typing.ArrayLike,
+    speed_limit: optax.ScalarOrSchedule,
     mode: str,
     formula: str,
     adaptive_speed: bool,
     speed_warmup_steps: int,
     bias_correction: str,
+    axis_name: AxisName | None,
     before: list[optax.GradientTransformation],
     after: list[optax.GradientTransformation],
+    *,
+    norms_from_moments: bool = True,
 ) -> optax.GradientTransformation:
   """``optax.chain(*before, adam, scale_by_learning_rate, speed limit, *after)``.
 
-  For ``mode="global"`` and ``"per_param"`` the same chain runs fused (the norm
-  taken from Adam's moments, see ``_fused.py``): same state, same updates up
-  to rounding, no scratch buffers.
+  With ``norms_from_moments`` (and ``mode`` not ``"per_component"``, which is
+  one pass already) the chain runs with the speed limit's group norms taken
+  from Adam's new moments (``_adam_norms.py``): the same state and the same
+  updates up to float32 rounding of the norms, without writing Adam's update
+  to memory. Tests set it to False to run the plain chain.
   """
-  validate_mode(mode)
-  validate_formula(formula)
-  check_range("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
-  validate_choice("bias_correction", bias_correction, BIAS_CORRECTIONS)
-  if amsgrad and nesterov:
-    raise ValueError("amsgrad=True and nesterov=True cannot be combined.")
   if bias_correction == "step_size":
-    if nesterov:
-      raise ValueError('bias_correction="step_size" and nesterov=True cannot be combined.')
     moments = _scale_by_adam_step_size_correction(b1, b2, eps, eps_root, mu_dtype, amsgrad)
     kind = "step_size"
   elif amsgrad:
@@ -198,24 +154,38 @@ def _adam_and_speed_limit(
     moments = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
     kind = "adam"
   c = speed_limit_warmup(speed_limit, speed_warmup_steps) if adaptive_speed else speed_limit
-  relativistic = scale_by_relativistic(c, mode=mode, formula=formula)
-  if mode == "per_component":
-    # Each element's factor depends on that element only: the chain already
-    # compiles to one fused pass.
-    return optax.chain(
-        *before, moments, optax.scale_by_learning_rate(learning_rate), relativistic, *after
-    )
-  spec = AdamSpec(
-      kind, b1, b2, eps, eps_root, nesterov, amsgrad,
-      step_size=lambda count: _step_size_correction(b1, b2, count),
-  )
-  return speed_limited_adam(
-      before, moments, spec, learning_rate, c, relativistic, after, mode, formula
-  )
+  lr = optax.scale_by_learning_rate(learning_rate)
+  limit = _scale_by_relativistic(c, mode, formula, axis_name)
+  parts = [*before, moments, lr, limit, *after]
+  chain = optax.chain(*parts)
+  if mode == "per_component" or not norms_from_moments:
+    return chain
+  spec = AdamSpec(kind, b1, b2, eps, eps_root, nesterov, amsgrad)
+  i_moments = len(before)
+
+  def update_fn(updates, state, params=None):
+    states = list(state)
+    for i, part in enumerate(parts):
+      if i == i_moments:
+        grads = jax.tree.leaves(updates)
+      if i == i_moments + 1:
+        # The factor scale_by_learning_rate applies at this step.
+        scale = -(learning_rate(states[i].count) if callable(learning_rate) else learning_rate)
+      if i == i_moments + 2:
+        sources = norm_sources(spec, grads, states[i_moments], scale)
+        updates, states[i] = part.update(updates, states[i], params, norm_sources=sources)
+      else:
+        updates, states[i] = part.update(updates, states[i], params)
+    return updates, tuple(states)
+
+  return optax.GradientTransformation(chain.init, update_fn)
 
 
 def _is_zero(x: Any) -> bool:
-  return concrete_float(x) == 0.0
+  """Whether ``x`` is a Python or NumPy zero. JAX arrays count as non-zero: the
+  chain's structure (its state) must not depend on an array's value, which
+  ``optax.inject_hyperparams`` passes concrete to ``init`` and traced to ``update``."""
+  return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and x == 0
 
 
 def relativistic_adam(
@@ -235,6 +205,8 @@ def relativistic_adam(
     mu_dtype: jax.typing.DTypeLike | None = None,
     nesterov: bool = False,
     bias_correction: BiasCorrection = "moments",
+    axis_name: AxisName | None = None,
+    norms_from_moments: bool = True,
 ) -> optax.GradientTransformation:
   """Adam whose update, in parameter units, never exceeds a speed limit ``c``.
 
@@ -255,13 +227,13 @@ def relativistic_adam(
   the step size instead of the moments (as the original does).
   For ``speed_limit`` much larger than the updates it equals ``optax.adam``.
 
-  For ``mode="global"`` and ``"per_param"`` the recipe runs fused: the norm is
-  computed from Adam's moments rather than from the update, so XLA keeps the
-  step to Adam's passes plus one reduction, with no scratch buffer (about
-  1.5x ``optax.adam``'s step time on one CPU core, against 2-5x for the plain
-  chain; ``benchmarks/step_overhead.py``). The state is the chain's and the
-  updates equal the chain's up to float32 rounding of the norm. Dtypes other
-  than float32 run the chain itself.
+  For ``mode="global"`` and ``"per_param"`` the group norms are taken from
+  Adam's new moments by an expression equal to the update (see
+  ``norms_from_moments``), so that XLA keeps the step to Adam's passes plus
+  one reduction per leaf (``benchmarks/step_overhead.py``); the state is the
+  chain's, and the updates equal the chain's up to float32 rounding of the
+  norm (with ``formula="reference"``, a norm within rounding of ``c`` can
+  fall on either side of its jump).
 
   Differences from relativistic-adam 1.0.0 (PyTorch), each with the option
   that reproduces the original (see ``docs/migrating_from_pytorch.md``):
@@ -301,6 +273,14 @@ def relativistic_adam(
       ``torch.optim.Adam``'s AMSGrad maximum) does. Use it with
       ``formula="reference"`` to reproduce a PyTorch run (not with
       ``nesterov``).
+    axis_name: inside ``shard_map`` / ``pmap`` with parameters sharded over
+      this axis, the group norms are summed across it (see
+      :func:`relax_optax.relativistic_scale`); ``None`` under plain ``jit``.
+    norms_from_moments: take the ``global`` / ``per_param`` norms from
+      Adam's moments (default) rather than from the update itself: the same
+      state and the same updates up to float32 rounding of the norm, without
+      writing Adam's update to memory (a 2-4x faster step on CPU). ``False``
+      runs the plain ``optax.chain`` of the recipe.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -328,12 +308,16 @@ def relativistic_adam(
     13.3436
     13.0222
   """
-  _check_adam_args(learning_rate, b1, b2, eps, eps_root, weight_decay)
+  _check_args(
+      learning_rate, b1, b2, eps, eps_root, weight_decay, speed_limit, mode, formula,
+      amsgrad, adaptive_speed, speed_warmup_steps, nesterov, bias_correction,
+      norms_from_moments,
+  )
   before = [] if _is_zero(weight_decay) else [optax.add_decayed_weights(weight_decay)]
-  return _adam_and_speed_limit(
+  return adam_with_speed_limit(
       learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad,
       speed_limit, mode, formula, adaptive_speed, speed_warmup_steps, bias_correction,
-      before=before, after=[],
+      axis_name, before=before, after=[], norms_from_moments=norms_from_moments,
   )
 
 
@@ -355,6 +339,8 @@ def relativistic_adamw(
     mu_dtype: jax.typing.DTypeLike | None = None,
     nesterov: bool = False,
     bias_correction: BiasCorrection = "moments",
+    axis_name: AxisName | None = None,
+    norms_from_moments: bool = True,
 ) -> optax.GradientTransformation:
   """:func:`relativistic_adam` with decoupled weight decay after the update.
 
@@ -373,8 +359,9 @@ def relativistic_adamw(
         ), mask),
     )
 
-  Like :func:`relativistic_adam`, it runs fused for ``mode="global"`` and
-  ``"per_param"`` (same state, same updates up to rounding).
+  Like :func:`relativistic_adam`, it takes the ``"global"`` and
+  ``"per_param"`` norms from Adam's moments (same state, same updates up to
+  rounding).
 
   This differs from ``optax.adamw``, which decays the parameters *before* the
   step (``p ← p - lr·(û + wd·p)``): the two differ by ``lr·wd·v`` per step.
@@ -404,6 +391,14 @@ def relativistic_adamw(
       ``torch.optim.Adam``'s AMSGrad maximum) does. Use it with
       ``formula="reference"`` to reproduce a PyTorch run (not with
       ``nesterov``).
+    axis_name: inside ``shard_map`` / ``pmap`` with parameters sharded over
+      this axis, the group norms are summed across it (see
+      :func:`relax_optax.relativistic_scale`); ``None`` under plain ``jit``.
+    norms_from_moments: take the ``global`` / ``per_param`` norms from
+      Adam's moments (default) rather than from the update itself: the same
+      state and the same updates up to float32 rounding of the norm, without
+      writing Adam's update to memory (a 2-4x faster step on CPU). ``False``
+      runs the plain ``optax.chain`` of the recipe.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -423,7 +418,11 @@ def relativistic_adamw(
     >>> print(optax.apply_updates(params, updates)["w"])   # (1 + 0)(1 - 0.05)
     [0.95 0.95]
   """
-  _check_adam_args(learning_rate, b1, b2, eps, eps_root, weight_decay)
+  _check_args(
+      learning_rate, b1, b2, eps, eps_root, weight_decay, speed_limit, mode, formula,
+      amsgrad, adaptive_speed, speed_warmup_steps, nesterov, bias_correction,
+      norms_from_moments,
+  )
   after = []
   if not _is_zero(weight_decay):
     if callable(learning_rate):
@@ -436,8 +435,8 @@ def relativistic_adamw(
     if mask is not None:
       decay_after_update = optax.masked(decay_after_update, mask)
     after.append(decay_after_update)
-  return _adam_and_speed_limit(
+  return adam_with_speed_limit(
       learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad,
       speed_limit, mode, formula, adaptive_speed, speed_warmup_steps, bias_correction,
-      before=[], after=after,
+      axis_name, before=[], after=after, norms_from_moments=norms_from_moments,
   )

@@ -1,0 +1,298 @@
+"""The relativistic scaling of a pytree: group norms, the limit, saturation.
+
+Every mode runs the same three steps on each array leaf ``u`` (in a compute
+dtype of at least float32):
+
+1. clamp: ``z = clip(u, ±B·c)`` with ``B = 2^40`` (per real component);
+2. the group's ``q = Σ |z/c|²``: per element (``per_component``), per leaf
+   (``per_param``, one reduction) or over the whole tree (``global``, the
+   per-leaf sums added, and summed over ``axis_name`` for sharded leaves);
+3. ``v = z · f(q)`` with the formula's factor :func:`speed_factor`.
+
+The clamp is the whole of the overflow handling: ``|z/c| <= 2^40`` makes
+``q <= 2^80`` per clamped entry, so ``q`` cannot overflow float32 (unless more
+than 2^48 entries of one group are clamped), no ``lax.cond`` or second pass is
+needed, and the compiled step is one reduction per leaf plus elementwise work,
+as Optax's ``clip_by_global_norm``. An entry is only clamped when it is more
+than 2^40 ≈ 1.1e12 times the speed limit, where its group is at the limit to
+working precision (``‖v‖ = c·(1 - 2^-81)`` for ``lorentz``): infinite or
+astronomically large entries then share the limit equally in the direction of
+their signs, and the other entries of the group are scaled by about 2^-40 of
+their size (negligible next to ``c``). A NaN entry makes its own group NaN and
+no other.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from relax_optax._formulas import FORMULAS, Formula, speed_factor
+from relax_optax._validation import check_choice, check_scalar
+
+Mode = Literal["global", "per_param", "per_component"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
+AxisName = Any  # a hashable name of a mapped axis, or a tuple of them, as in jax.lax.psum.
+
+# |z/c| <= 2^40: the squares stay below 2^80 (see the module docstring).
+_CLAMP = 2.0**40
+
+
+def _is_array_leaf(x: Any) -> bool:
+  return x is not None and not isinstance(x, optax.MaskedNode)
+
+
+class _Limit(typing.NamedTuple):
+  """The speed limit as the scalars the elementwise work uses."""
+
+  inv_c: jax.Array  # shape=(): 1/c (0 for c = inf); 1 where bound = 0.
+  bound: jax.Array  # shape=(): B·c, at most the dtype's largest number.
+
+
+def _limit(speed_limit: jax.typing.ArrayLike, dtype: Any) -> _Limit:
+  """``1/c`` and the clamp bound ``B·c``.
+
+  A ``c`` below the smallest normal number (0, negative or subnormal: only
+  possible for a traced or scheduled value) gives ``bound = 0`` and so
+  ``v = 0`` (``1/c`` is then 1, so that the norm stays finite); a NaN ``c``
+  gives NaN. ``c = inf`` gives ``1/c = 0`` and ``v = u``, except that an
+  infinite entry makes its group NaN (``inf/inf``).
+  """
+  c = jnp.asarray(speed_limit, dtype)
+  zero = c < jnp.finfo(dtype).tiny
+  inv_c = 1 / jnp.where(zero, 1, c)
+  bound = jnp.where(zero, 0, jnp.minimum(_CLAMP * c, jnp.finfo(dtype).max))
+  return _Limit(inv_c, bound)
+
+
+def _clamp(u: jax.Array, bound: jax.Array) -> jax.Array:
+  """``u`` with each real component clipped to ``±bound`` (NaN stays NaN).
+
+  For complex ``u`` the real and imaginary parts are clipped apart, which
+  keeps the phase of every entry below the bound."""
+  if jnp.iscomplexobj(u):
+    return jax.lax.complex(_clamp(u.real, bound), _clamp(u.imag, bound))
+  return jnp.clip(u, -bound, bound)
+
+
+def _abs2(x: jax.Array) -> jax.Array:
+  """``|x|²``, real (``re² + im²`` for complex ``x``)."""
+  if jnp.iscomplexobj(x):
+    return jnp.square(x.real) + jnp.square(x.imag)
+  return jnp.square(x)
+
+
+def _sharded_flags(leaves: Sequence[jax.Array], axis_name: AxisName | None) -> list[bool]:
+  """Which leaves are sharded over ``axis_name``, i.e. vary across it.
+
+  ``shard_map`` records it in each value's type; ``pmap`` and
+  ``shard_map(check_vma=False)`` do not (no leaf is seen to vary), and there
+  every leaf is taken as sharded.
+  """
+  if axis_name is None:
+    return [False] * len(leaves)
+  names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+  def varies(u: jax.Array) -> bool:
+    aval = jax.typeof(u)
+    manual = getattr(aval, "manual_axis_type", None)  # jax 0.10; `.vma` before
+    varying = manual.varying if manual is not None else getattr(aval, "vma", ())
+    return any(name in varying for name in names)
+
+  flags = [varies(u) for u in leaves]
+  return flags if any(flags) else [True] * len(leaves)
+
+
+def _group_sum(
+    sums: Sequence[jax.Array], sharded: Sequence[bool], axis_name: AxisName | None
+) -> jax.Array:
+  """The sum of per-leaf sums over one group, on every device.
+
+  A leaf sharded over ``axis_name`` holds part of the group on each device, so
+  its sum is added up across the axis (one ``psum`` for all of them); a
+  replicated leaf holds all of it on every device and is counted once.
+  """
+  local = [s for s, f in zip(sums, sharded, strict=True) if f]
+  whole = [s for s, f in zip(sums, sharded, strict=True) if not f]
+  if local:
+    whole.append(jax.lax.psum(functools.reduce(jnp.add, local), axis_name))
+  return functools.reduce(jnp.add, whole)
+
+
+def scale_leaves(
+    leaves: Sequence[jax.Array],
+    speed_limit: jax.typing.ArrayLike,
+    mode: str,
+    formula: str,
+    axis_name: AxisName | None = None,
+    norm_sources: Sequence[jax.Array] | None = None,
+) -> list[jax.Array]:
+  """The scaling of a list of arrays (the array leaves of an update pytree).
+
+  Args:
+    leaves: floating-point or complex arrays ``u``.
+    speed_limit: ``c``, a scalar (may be traced).
+    mode: one of :data:`MODES`.
+    formula: one of :data:`FORMULAS`.
+    axis_name: as in :func:`relativistic_scale`.
+    norm_sources: optional arrays equal to ``leaves`` (up to rounding) but
+      computed by another expression, used for the norms only. XLA does not
+      duplicate an expensive producer (Adam's division) for two consumers, so
+      when ``u`` feeds both the norm and the step it writes ``u`` to memory;
+      a separate expression for the norm (``relativistic_adam`` takes it from
+      Adam's moments) leaves ``u`` one consumer, fused into the parameter
+      update.
+
+  Returns:
+    The scaled arrays, each of its leaf's dtype.
+  """
+  if not leaves:
+    return []
+  for u in leaves:
+    if not jnp.issubdtype(u.dtype, jnp.inexact):
+      raise TypeError(f"updates must be floating-point or complex arrays, got dtype {u.dtype}.")
+  dtype = jnp.result_type(jnp.float32, *(u.dtype for u in leaves))  # norms in >= float32
+  real = jnp.finfo(dtype).dtype
+  limit = _limit(speed_limit, real)
+  z = [_clamp(u.astype(dtype), limit.bound) for u in leaves]
+
+  if mode == "per_component":
+    out = [zi * speed_factor(_abs2(zi * limit.inv_c), formula) for zi in z]
+  else:
+    # |u/c|² clamped at B² (inf at B²; NaN stays NaN): the same values as
+    # |z/c|², written with the operations that XLA:CPU fuses into its
+    # reduction kernels (a clip is not one of them: the producer of u would
+    # then be written to memory before the reduction).
+    sources = leaves if norm_sources is None else norm_sources
+    sums = [
+        jnp.sum(jnp.minimum(_abs2(s.astype(dtype) * limit.inv_c), _CLAMP**2)) for s in sources
+    ]
+    sharded = _sharded_flags(leaves, axis_name)
+    if mode == "global":
+      f = speed_factor(_group_sum(sums, sharded, axis_name), formula)
+      out = [zi * f for zi in z]
+    else:
+      out = [
+          zi * speed_factor(_group_sum([s], [f], axis_name), formula)
+          for zi, s, f in zip(z, sums, sharded, strict=True)
+      ]
+  return [v.astype(u.dtype) for u, v in zip(leaves, out, strict=True)]
+
+
+def scale_tree(
+    updates: optax.Updates,
+    speed_limit: jax.typing.ArrayLike,
+    mode: str,
+    formula: str,
+    axis_name: AxisName | None = None,
+    norm_sources: Sequence[jax.Array] | None = None,
+) -> optax.Updates:
+  """:func:`scale_leaves` on the array leaves of a pytree (no validation).
+
+  ``None`` and ``optax.MaskedNode`` leaves pass through; ``norm_sources``, if
+  given, holds one array per array leaf, in ``jax.tree.leaves`` order.
+  """
+  leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: not _is_array_leaf(x))
+  positions = [i for i, x in enumerate(leaves) if _is_array_leaf(x)]
+  arrays = [jnp.asarray(leaves[i]) for i in positions]
+  for i, v in zip(positions, scale_leaves(arrays, speed_limit, mode, formula, axis_name,
+                                          norm_sources), strict=True):
+    leaves[i] = v
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def check_mode_and_formula(mode: Any, formula: Any) -> None:
+  """Raises a ``ValueError`` for an unknown ``mode`` or ``formula``."""
+  check_choice("mode", mode, MODES)
+  check_choice("formula", formula, FORMULAS)
+
+
+def relativistic_scale(
+    updates: optax.Updates,
+    speed_limit: jax.typing.ArrayLike,
+    *,
+    mode: Mode = "per_param",
+    formula: Formula = "lorentz",
+    axis_name: AxisName | None = None,
+) -> optax.Updates:
+  """Limits the speed of an update pytree: ``v = u · f((‖u‖/c)²)``.
+
+  With ``n = ‖u‖`` the Euclidean norm over a group of entries and ``c`` the
+  speed limit:
+
+  ============  =====================================  ===========================
+  formula       v                                      properties
+  ============  =====================================  ===========================
+  lorentz       u / sqrt(1 + (n/c)²) = u·c/hypot(c,n)  smooth, increasing, ‖v‖ < c
+  tanh          u · c · tanh(n/c) / n                  smooth, increasing
+  reference     u·sqrt(1-(n/c)²) if n < c,             relativistic-adam 1.0.0,
+                else u · c · tanh(n/c) / n             discontinuous at n = c
+  ============  =====================================  ===========================
+
+  The group is the whole pytree for ``mode="global"``, each leaf for
+  ``"per_param"`` and each element for ``"per_component"``. Complex entries
+  count with their modulus (``n² = Σ |u_i|²``) and keep their phase.
+
+  Numerics: norms are accumulated in float32 (or the input's dtype if wider),
+  so bfloat16 and float16 updates cannot overflow; the result has the input's
+  dtype and is finite for every input without NaN. ``u = 0`` gives 0 and
+  ``c = inf`` gives ``u`` (infinite entries become the largest finite
+  number). Entries larger than ``2^40·c`` are clipped to ``±2^40·c`` before
+  anything else: their group is then at the limit ``c`` to working precision,
+  so an infinite or overflowing update saturates at ``c``, the clipped entries
+  sharing it by their signs. A NaN makes its own group NaN and no other.
+  ``lorentz`` and ``tanh`` are differentiable everywhere, including at
+  ``u = 0``. A traced ``c`` below the smallest normal number (0 or negative,
+  e.g. a schedule that starts at 0) gives ``v = 0``.
+
+  Differences from relativistic-adam 1.0.0: its formula is ``reference``
+  (not continuous, not monotone: an update just under the limit is almost
+  cancelled); and its ``"global"`` mode takes the norm tensor by tensor, so it
+  equals ``"per_param"`` there, whereas here ``"global"`` uses one norm for the
+  whole pytree, as its documentation promises.
+
+  Args:
+    updates: a pytree of floating-point or complex arrays; ``None`` and
+      ``optax.MaskedNode`` leaves pass through.
+    speed_limit: the speed limit ``c > 0`` (``inf`` for none), a real scalar;
+      a traced value is not checked.
+    mode: ``"global"``, ``"per_param"`` or ``"per_component"``.
+    formula: ``"lorentz"``, ``"tanh"`` or ``"reference"``.
+    axis_name: inside ``shard_map`` / ``pmap``, the axis over which the
+      arrays are sharded: the ``global`` and ``per_param`` norms of sharded
+      leaves are then summed across it (``lax.psum``), so every device applies
+      the same factor. Leaves that ``shard_map`` knows to be replicated over
+      the axis are counted once; under ``pmap`` (which does not track this)
+      every leaf is taken as sharded. Leave ``None`` under ``jit`` with
+      sharded arrays (the norm is already global).
+
+  Returns:
+    The scaled pytree, with the structure, shapes and dtypes of ``updates``.
+
+  Raises:
+    TypeError: for a ``speed_limit`` that is not a real scalar, or updates
+      that are not floating-point or complex.
+    ValueError: for a concrete ``speed_limit <= 0`` or NaN, or an unknown
+      ``mode`` or ``formula``.
+
+  References:
+    Einstein, 1905, "Zur Elektrodynamik bewegter Körper" (the Lorentz factor).
+    relativistic-adam 1.0.0 (PyPI), ``RelativisticAdam._apply_relativistic_scaling``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import relax_optax
+    >>> u = {"w": jnp.array([3.0, 4.0])}   # ‖u‖ = 5
+    >>> v = relax_optax.relativistic_scale(u, 5.0)
+    >>> print(v["w"])                       # u / sqrt(2)
+    [2.1213202 2.828427 ]
+  """
+  check_mode_and_formula(mode, formula)
+  check_scalar("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
+  return scale_tree(updates, speed_limit, mode, formula, axis_name)
