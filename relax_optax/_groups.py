@@ -18,8 +18,11 @@ than 2^40 ≈ 1.1e12 times the speed limit, where its group is at the limit to
 working precision (``‖v‖ = c·(1 - 2^-81)`` for ``lorentz``): infinite or
 astronomically large entries then share the limit equally in the direction of
 their signs, and the other entries of the group are scaled by about 2^-40 of
-their size (negligible next to ``c``). A NaN entry makes its own group NaN and
-no other.
+their size (negligible next to ``c``). A NaN entry stays NaN and never reaches
+another group; its own group becomes NaN, except where the reduction runs in
+XLA:CPU's fused kernels (large leaves under ``jit``), whose ``min`` drops the
+NaN: there it counts as an infinite entry and the rest of its group saturates.
+``optax.apply_if_finite`` skips such a step either way.
 """
 
 from __future__ import annotations
@@ -165,13 +168,15 @@ def scale_leaves(
   if mode == "per_component":
     out = [zi * speed_factor(_abs2(zi * limit.inv_c), formula) for zi in z]
   else:
-    # |u/c|² clamped at B² (inf at B²; NaN stays NaN): the same values as
-    # |z/c|², written with the operations that XLA:CPU fuses into its
-    # reduction kernels (a clip is not one of them: the producer of u would
-    # then be written to memory before the reduction).
+    # min(|u/c|, B)²: the same values as |z/c|², written with operations
+    # that XLA:CPU fuses into its reduction kernels (a clip is not one of
+    # them: the producer of u would then be written to memory first). The
+    # square comes last: XLA rewrites (x·k)² as x²·k², and k² = 1/c²
+    # overflows for c < 1e-19.
     sources = leaves if norm_sources is None else norm_sources
     sums = [
-        jnp.sum(jnp.minimum(_abs2(s.astype(dtype) * limit.inv_c), _CLAMP**2)) for s in sources
+        jnp.sum(jnp.square(jnp.minimum(jnp.abs(s.astype(dtype) * limit.inv_c), _CLAMP)))
+        for s in sources
     ]
     sharded = _sharded_flags(leaves, axis_name)
     if mode == "global":
@@ -242,11 +247,11 @@ def relativistic_scale(
   Numerics: norms are accumulated in float32 (or the input's dtype if wider),
   so bfloat16 and float16 updates cannot overflow; the result has the input's
   dtype and is finite for every input without NaN. ``u = 0`` gives 0 and
-  ``c = inf`` gives ``u`` (infinite entries become the largest finite
-  number). Entries larger than ``2^40·c`` are clipped to ``±2^40·c`` before
-  anything else: their group is then at the limit ``c`` to working precision,
-  so an infinite or overflowing update saturates at ``c``, the clipped entries
-  sharing it by their signs. A NaN makes its own group NaN and no other.
+  ``c = inf`` gives ``u``. Entries larger than ``2^40·c`` are clipped to
+  ``±2^40·c`` before anything else: their group is then at the limit ``c`` to
+  working precision, so an infinite or overflowing update saturates at ``c``,
+  the clipped entries sharing it by their signs. A NaN stays NaN and never
+  reaches another group (see ``docs/reliability.md`` for its own group).
   ``lorentz`` and ``tanh`` are differentiable everywhere, including at
   ``u = 0``. A traced ``c`` below the smallest normal number (0 or negative,
   e.g. a schedule that starts at 0) gives ``v = 0``.

@@ -238,20 +238,45 @@ def test_fast_path_equals_chain(name, mode):
 def test_the_argument_switches_the_program():
   """The comparisons in this file compare two programs, not one with itself.
 
+  Every dtype takes the fast path (there is no fallback to the chain);
   ``per_component`` is one pass already: there the argument changes nothing.
   """
-  params = _params()
 
-  def jaxpr(name, mode, fast):
-    tx = _variant(name, mode, fast)
+  def jaxpr(name, mode, fast, dtype=jnp.float32, **kwargs):
+    make, options = VARIANTS[name]
+    tx = make(LR, speed_limit=LIMIT, mode=mode, norms_from_moments=fast, **options, **kwargs)
+    params = _params(dtype)
     return str(jax.make_jaxpr(tx.update)(params, tx.init(params), params))
 
   for name in VARIANTS:
     for mode in MODES:
       assert jaxpr(name, mode, True) != jaxpr(name, mode, False), (name, mode)
+  for dtype, kwargs, _ in DTYPES.values():
+    assert jaxpr("default", "global", True, dtype, **kwargs) != jaxpr(
+      "default", "global", False, dtype, **kwargs
+    ), (dtype, kwargs)
   assert jaxpr("default", "per_component", True) == jaxpr("default", "per_component", False)
   with pytest.raises(TypeError, match="norms_from_moments"):
     relax_optax.relativistic_adam(norms_from_moments=1)
+
+
+@pytest.mark.parametrize("fast", PATHS, ids=["fast", "chain"])
+def test_constant_speed_limit_zero_raises_and_inf_is_adam(fast):
+  """A constant ``speed_limit`` must be > 0; ``inf`` is no limit: Optax's Adam."""
+  for bad in (0.0, -1.0, float("nan")):
+    with pytest.raises(ValueError, match="speed_limit"):
+      relax_optax.relativistic_adam(LR, speed_limit=bad, norms_from_moments=fast)
+  params = _params()
+  g = _grad(params)
+  grads = {**g, "b": g["b"] * jnp.asarray([1e3, 1.0, 1e-3])}  # of different scales
+  for mode in MODES:
+    tx = relax_optax.relativistic_adam(
+      LR, speed_limit=float("inf"), mode=mode, norms_from_moments=fast
+    )
+    u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    adam = optax.adam(LR)
+    expected, _ = adam.update(grads, adam.init(params), params)
+    chex.assert_trees_all_close(u, expected, rtol=1e-6, atol=0)
 
 
 # ---------------------------------------------------------------------------
@@ -355,7 +380,8 @@ def test_non_finite_and_extreme_inputs(kind, mode):
     # Each entry of the step is Adam's u_i (the same on both paths) times its
     # group's scale, so the relative error is the scale's, also near 0: atol=0.
     _assert_close(u_fast, u_chain, atol=0, what=what)
-    _assert_close(s_fast, s_chain, atol=0, what=what)
+    # The state is the chain's: the same moments from the same inputs, bit for bit.
+    chex.assert_trees_all_equal(s_fast, s_chain, strict=True)
 
     if case in ("nan", "inf"):
       # Adam's update of that entry is NaN (NaN, or inf / inf): its group's
@@ -564,7 +590,8 @@ def test_inject_hyperparams_on_the_fast_path_without_retracing():
     u, new_state = update(_both_paths(grads), state, _both_paths(params))
     for m in MODES:
       fast, chain = ((u[(m, f)], new_state[(m, f)]) for f in PATHS)
-      _assert_close(fast, chain, what=f"inject_hyperparams {m} lr={lr} c={c}")
+      _assert_close(fast[0], chain[0], what=f"inject_hyperparams {m} lr={lr} c={c}")
+      chex.assert_trees_all_equal(fast[1], chain[1], strict=True)  # the chain's state
       assert _group_norms(fast[0], m).max() <= c * (1 + 1e-5)
     state = _both_paths({(m,): new_state[(m, False)] for m in MODES})
     params = _apply_updates(params, {(m,): u[(m, False)] for m in MODES})
@@ -589,7 +616,8 @@ def _dtype_update():
 
   Returns the transformation for ``init`` and the compiled step
   ``(grads, state, params, lr, c)``, with the learning rate and the speed
-  limit traced.
+  limit traced as Python floats are (weakly typed: a float32 learning rate
+  would promote bfloat16 updates to float32, as in Optax).
   """
 
   def tx(lr=LR, c=LIMIT):
@@ -606,9 +634,7 @@ def _dtype_update():
 
   params = _both_paths({(name, m): _params(d) for name, (d, _, _) in DTYPES.items() for m in MODES})
   step = lambda g, s, p, lr, c: tx(lr, c).update(g, s, p)
-  return tx(), _compile(
-    step, params, tx().init(params), params, jnp.float32(LR), jnp.float32(LIMIT)
-  )
+  return tx(), _compile(step, params, tx().init(params), params, LR, LIMIT)
 
 
 def _steps_from_the_chain(tx, update, params, n_steps, keys):
@@ -631,7 +657,7 @@ def _dtype_steps():
   tx, update = _dtype_update()
   keys = [(name, m) for name in DTYPES for m in MODES]
   params = {(name, m): _params(DTYPES[name][0]) for name, m in keys}
-  step = lambda g, s, p: update(g, s, p, jnp.float32(LR), jnp.float32(LIMIT))
+  step = lambda g, s, p: update(g, s, p, LR, LIMIT)
   return _steps_from_the_chain(tx, step, params, _N_DTYPE_STEPS, keys)
 
 
@@ -652,6 +678,8 @@ def test_fast_path_equals_chain_to_the_dtype_rounding(name, mode):
     (u_fast, s_fast), (u_chain, s_chain) = ((u[(name, mode, f)], s[(name, mode, f)]) for f in PATHS)
     what = f"{name} {mode} step {t}"
     _assert_close(u_fast, u_chain, rtol=2 * rounding, atol=tiny, what=what)
+    # The moments are the same computation on both paths (bitwise equal as of
+    # jax 0.10; XLA may keep excess precision in a low-precision fusion).
     _assert_close(s_fast, s_chain, rtol=2 * rounding, atol=tiny, what=what)
     chex.assert_trees_all_equal_dtypes(u_fast, _params(dtype))
     chex.assert_tree_all_finite((u_fast, s_fast))
@@ -688,16 +716,15 @@ def test_bfloat16_first_moment_keeps_the_speed_limit_to_float32(mode):
   params = _both_paths({(n, m): _params(d) for n, (d, _, _) in DTYPES.items() for m in MODES})
   grads = jax.tree.map(lambda p: jnp.full_like(p, 10.03), params)
   lr, c = 1.0, 1e-3
-  u, _ = update(grads, tx.init(params), params, jnp.float32(lr), jnp.float32(c))
+  u, _ = update(grads, tx.init(params), params, lr, c)
   chain, fast = (u[("mu_bfloat16", mode, f)] for f in (False, True))
   assert _group_norms(chain, mode).max() <= c * (1 + 1e-5)
   assert _group_norms(fast, mode).max() <= c * (1 + 1e-5), _group_norms(fast, mode) / c
 
 
-def test_fast_path_equals_chain_in_float64():
-  """float64 parameters: the fast path folds the bias corrections in float32
-  (``_adam_norms``), so the two paths agree to float32 rounding of the norm,
-  as documented, not to float64's."""
+@functools.cache
+def _float64_steps():
+  """5 steps of both paths on float64 parameters (x64 enabled for this program only)."""
   with jax.enable_x64(True):
     tx = _side_by_side(
       {
@@ -709,14 +736,36 @@ def test_fast_path_equals_chain_in_float64():
     params = {(m,): _params(jnp.float64) for m in MODES}
     both = _both_paths(params)
     update = _compile(lambda g, s, p: tx.update(g, s, p), both, tx.init(both), both)
-    steps = _steps_from_the_chain(tx, update, params, 5, list(params))
-  for t, (u, s) in enumerate(steps):
+    return _steps_from_the_chain(tx, update, params, 5, list(params))
+
+
+def _float64_parts():
+  for t, (u, s) in enumerate(_float64_steps()):
     for m in MODES:
-      (u_fast, s_fast), (u_chain, s_chain) = ((u[(m, f)], s[(m, f)]) for f in PATHS)
-      _assert_close(u_fast, u_chain, rtol=1e-6, atol=0, what=f"float64 {m} step {t}")
-      chex.assert_trees_all_equal(s_fast, s_chain)  # the moments: the same computation
-      chex.assert_trees_all_equal_dtypes(u_fast, params[(m,)])
-      assert _group_norms(u_fast, m).max() <= LIMIT * (1 + 1e-6)
+      yield f"float64 {m} step {t}", m, [(u[(m, f)], s[(m, f)]) for f in PATHS]
+
+
+def test_fast_path_equals_chain_in_float64():
+  """float64 parameters take the fast path, with the chain's state and dtypes,
+  and agree with the chain to float32 rounding of the norm (as documented)."""
+  for what, mode, ((u_fast, s_fast), (u_chain, s_chain)) in _float64_parts():
+    _assert_close(u_fast, u_chain, rtol=1e-6, atol=0, what=what)
+    chex.assert_trees_all_equal(s_fast, s_chain, strict=True)  # the same moments
+    assert {x.dtype for x in jax.tree.leaves(u_fast)} == {np.dtype(np.float64)}, what
+    assert _group_norms(u_fast, mode).max() <= LIMIT * (1 + 1e-6), what
+
+
+@pytest.mark.xfail(
+  strict=True,
+  reason="_adam_norms computes the norm sources' scalars in float32 (_inverse_correction on "
+  "float32 ones, step_size_correction, factor = jnp.asarray(rho * scale, jnp.float32)): "
+  "with float64 parameters the fast path's norm is float32-accurate (measured: 6e-8 "
+  "relative), the chain's float64-accurate.",
+)
+def test_fast_path_equals_chain_to_float64_rounding():
+  """float64 parameters: the two paths agree to float64 rounding (the dtype's)."""
+  for what, _, ((u_fast, _), (u_chain, _)) in _float64_parts():
+    _assert_close(u_fast, u_chain, rtol=1e-12, atol=0, what=what)
 
 
 # ---------------------------------------------------------------------------

@@ -416,3 +416,61 @@ class TestOptaxWrappers:
       assert max(float(n) for n in jax.tree.leaves(step_norms)) <= 0.02 * (1 + 1e-5)
     chex.assert_trees_all_close(nnx.state(model, nnx.Param), params, rtol=1e-5, atol=1e-6)
     assert float(loss_fn(model)) < 0.5 * first
+
+
+class TestRegressions:
+  """Bugs found by adversarial testing (issue 12), each failing before the fix."""
+
+  @pytest.mark.parametrize("mode", ["global", "per_param", "per_component"])
+  def test_complex_parameters_train_as_with_optax_adam(self, mode):
+    target = jnp.asarray([1.0 + 2.0j, -0.5 + 0.1j, 3.0j])
+
+    def loss(p):
+      return jnp.sum(jnp.abs(p["z"] - target) ** 2)
+
+    def run(tx, steps=300):
+      params = {"z": jnp.zeros(3, jnp.complex64)}
+      state = tx.init(params)
+      for _ in range(steps):
+        grads = jax.tree.map(jnp.conj, jax.grad(loss)(params))
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+      return params
+
+    # With a limit far above the step, the update is Adam's.
+    got = run(relax_optax.relativistic_adam(0.05, speed_limit=1e6, mode=mode), steps=3)
+    want = run(optax.adam(0.05), steps=3)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+    # With a binding limit it still converges, and each step is within it.
+    params = run(relax_optax.relativistic_adam(0.05, speed_limit=0.02, mode=mode))
+    assert float(loss(params)) < 1e-2
+
+  def test_inject_hyperparams_with_adaptive_speed(self):
+    # Was a TracerBoolConversionError (`if warmup_steps <= 0`).
+    tx = optax.inject_hyperparams(relax_optax.relativistic_adam)(
+        learning_rate=10.0, speed_limit=0.5, adaptive_speed=True, speed_warmup_steps=4
+    )
+    params = {"w": jnp.zeros(4)}
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    norms = []
+    for _ in range(5):
+      updates, state = step({"w": jnp.full(4, 1e3)}, state, params)
+      norms.append(float(jnp.linalg.norm(updates["w"])))
+    # The limit ramps c/4, c/2, 3c/4, c, c; Adam's step (norm 20) saturates it.
+    np.testing.assert_allclose(norms, [0.125, 0.25, 0.375, 0.5, 0.5], rtol=0.02)
+
+  @pytest.mark.parametrize("mode", ["global", "per_param"])
+  @pytest.mark.parametrize("norms_from_moments", [True, False])
+  def test_tiny_learning_rate_and_limit_stay_finite(self, mode, norms_from_moments):
+    # Was NaN in every leaf on the fast path.
+    tx = relax_optax.relativistic_adam(
+        1e-30, speed_limit=1e-35, mode=mode, norms_from_moments=norms_from_moments
+    )
+    params = {"a": jnp.ones((3, 2)), "b": jnp.ones(())}
+    grads = {"a": jnp.full((3, 2), 0.3), "b": jnp.asarray(-2.0)}
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    chex.assert_tree_all_finite(updates)
+    # Adam's first step is -lr·sign(g) per entry; ‖u‖/c = 1e5·sqrt(n): at the limit.
+    for u in jax.tree.leaves(updates):
+      assert 0 < np.linalg.norm(np.asarray(u, np.float64)) <= 1e-35 * (1 + 1e-5)

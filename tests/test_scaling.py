@@ -349,3 +349,69 @@ def test_lorentz_changes_small_updates_by_at_most_half_the_squared_ratio(data, c
       continue
     rel = np.linalg.norm(vg - ug) / nu
     assert rel <= (nu / c) ** 2 / 2 + 4 * eps
+
+
+# ---------------------------------------------------------------------------
+# Regressions found by adversarial testing (issue 12).
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(), (1,), (2,)])
+def test_tiny_update_and_tiny_limit_under_jit(mode, formula, shape):
+  # Was NaN under jit for global/per_param (scalar and size-1 leaves).
+  u = {"s": jnp.full(shape, -1e-25, jnp.float32)}
+  for fn in (relax_optax.relativistic_scale, _scale):
+    out = fn(u, 1e-20, mode=mode, formula=formula)["s"]
+    # |u|/c = 1e-5: the factor is 1 to float32 precision.
+    np.testing.assert_allclose(np.asarray(out), np.full(shape, -1e-25), rtol=1e-6)
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+@pytest.mark.parametrize("c", [1e-20, 1e-30, 1e-37])
+def test_per_component_saturates_at_minus_c_for_tiny_limits(formula, c):
+  # Was -0.0 instead of -c.
+  out = _scale({"u": jnp.asarray([-1.0, 1.0, -jnp.inf])}, c, mode="per_component", formula=formula)
+  np.testing.assert_allclose(np.asarray(out["u"]), [-c, c, -c], rtol=1e-6)
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.complex128])
+def test_complex_updates_use_the_modulus_and_keep_the_phase(mode, formula, dtype):
+  # Was a crash in every mode (cond branch types; clip of a complex value).
+  rng = np.random.default_rng(0)
+  a = (rng.standard_normal(5) + 1j * rng.standard_normal(5)).astype(np.complex128)
+  b = np.asarray([3.0 - 4.0j])
+  c = 0.7
+  with jax.enable_x64(dtype == jnp.complex128):
+    tree = {"a": jnp.asarray(a, dtype), "b": jnp.asarray(b, dtype)}
+    out = relax_optax.relativistic_scale(tree, c, mode=mode, formula=formula)
+    got = {k: np.asarray(v) for k, v in out.items()}
+    assert all(v.dtype == np.dtype(dtype) for v in got.values())
+  # The independent expectation: the real formula on the moduli, the phase kept.
+  mods = {"a": np.abs(a), "b": np.abs(b)}
+  if mode == "per_component":
+    norms = {k: m for k, m in mods.items()}
+  elif mode == "per_param":
+    norms = {k: np.linalg.norm(m) for k, m in mods.items()}
+  else:
+    total = np.sqrt(sum(np.sum(m**2) for m in mods.values()))
+    norms = {k: total for k in mods}
+  for k, x in (("a", a), ("b", b)):
+    q = (norms[k] / c) ** 2
+    rho = np.sqrt(q)
+    f = {
+        "lorentz": 1 / np.sqrt(1 + q),
+        "tanh": np.tanh(rho) / rho,
+        "reference": np.where(q < 1, np.sqrt(np.maximum(1 - q, 0)), np.tanh(rho) / rho),
+    }[formula]
+    np.testing.assert_allclose(got[k], x * f, rtol=2e-6, atol=1e-7)
+
+
+def test_speed_limit_inf_is_the_identity():
+  u = {"a": jnp.asarray([1e30, -2.0, 0.0]), "b": jnp.asarray(3.0)}
+  for mode in MODES:
+    for formula in FORMULAS:
+      out = relax_optax.relativistic_scale(u, float("inf"), mode=mode, formula=formula)
+      chex.assert_trees_all_equal(out, u)
