@@ -14,9 +14,16 @@ Prints three tables, each ending with its headline ratio:
 Writes the plot and the full results next to each other:
 ``<out>/autodiff_modes.png``, ``.json`` (everything) and ``.csv`` (the sweep).
 
+It also holds the measurement: :func:`jit_cost` and :func:`cost_report` give, for
+any function and example inputs, the jaxpr size, XLA's compiled cost analysis and the
+median wall time of f, of its Jacobian by ``jax.jacfwd`` and ``jax.jacrev`` and of
+its gradient; :func:`fan_in`, :func:`fan_out` and :func:`fan_in_fan_out` are the
+family ℝⁿ → ℝᵐ swept. The hand-written derivations of the textbook example are in
+``examples/autodiff_modes.py``.
+
 Usage (from the repository root, about 1-2 minutes on 2 CPU cores)::
 
-  python benchmarks/autodiff_modes.py
+  python -m benchmarks.autodiff_modes
 """
 
 from __future__ import annotations
@@ -31,25 +38,275 @@ import pathlib
 import platform
 import statistics
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.extend import core as jex_core
 
-from relax_optax import autodiff
+from benchmarks._common import json_safe, median_call_time_s, pyplot
+from examples.autodiff_modes import forward_accumulation, reverse_accumulation, textbook_f
 
 GRIEWANK_WALTHER_BOUND = 5.0  # "within a factor of about 4-5" (Griewank & Walther 2008).
 CHAPTER_REVERSE_OPS, CHAPTER_FORWARD_OPS = 6, 7  # as printed in section 1.6.1.
+
+
+# ---------------------------------------------------------------------------
+# Measured cost of any function and of its derivatives.
+# ---------------------------------------------------------------------------
+
+
+class Cost(NamedTuple):
+  """Cost of one jit-compiled computation."""
+
+  jaxpr_eqns: int  # primitive applications in its jaxpr, nested jaxprs inlined.
+  flops: float  # XLA cost analysis: floating-point ops (nan if no analysis).
+  transcendentals: float  # XLA cost analysis: exp, sin, cos, ... (nan if no analysis).
+  bytes_accessed: float  # XLA cost analysis: bytes read and written (nan if no analysis).
+  time_s: float  # median wall time of one call in seconds (nan if not timed).
+
+  @property
+  def ops(self) -> float:
+    """Arithmetic operations as XLA counts them: flops + transcendentals."""
+    return self.flops + self.transcendentals
+
+
+def count_jaxpr_eqns(jaxpr: Any) -> int:
+  """Number of primitive applications in a (closed) jaxpr.
+
+  An equation that carries sub-jaxprs (``jit``, ``custom_jvp_call``, ``scan``,
+  ``cond``, ...) counts as the equations inside them instead of as one; loop
+  bodies count once, not once per iteration.
+
+  Args:
+    jaxpr: a ``ClosedJaxpr`` (as returned by ``jax.make_jaxpr``) or a ``Jaxpr``.
+
+  Returns:
+    The static number of equations.
+  """
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  count = 0
+  for eqn in jaxpr.eqns:
+    inner = list(jex_core.jaxprs_in_params(eqn.params))
+    count += sum(count_jaxpr_eqns(sub) for sub in inner) if inner else 1
+  return count
+
+
+def _xla_cost_analysis(compiled: jax.stages.Compiled) -> dict[str, float]:
+  """XLA's cost analysis as one dict; best effort, as JAX documents it.
+
+  jax >= 0.4.30 returns a dict; older versions a list with one dict per
+  program; some backends return None (every number is then nan).
+  """
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  if not analysis:  # no analysis at all from this backend: unknown, not zero.
+    return dict.fromkeys(("flops", "transcendentals", "bytes accessed"), math.nan)
+  # XLA leaves out the counters that are zero (a function without exp, sin, ... has
+  # no "transcendentals" key): a missing counter is 0, not unknown, or ops = flops +
+  # transcendentals would be nan.
+  return {
+    key: float(analysis.get(key, 0.0)) for key in ("flops", "transcendentals", "bytes accessed")
+  }
+
+
+def jit_cost(
+  fn: Callable[..., Any],
+  *args: Any,
+  timing: bool = True,
+  repeats: int = 7,
+  min_time_s: float = 0.05,
+) -> Cost:
+  """Measures the cost of ``jax.jit(fn)(*args)``.
+
+  Args:
+    fn: a function of arrays that JAX can trace.
+    *args: example inputs (arrays or pytrees of arrays).
+    timing: whether to measure wall time; ``False`` sets ``time_s`` to nan and
+      only traces and compiles (deterministic, for tests).
+    repeats: minimum number of timed calls, >= 1.
+    min_time_s: keep timing calls until this many seconds have passed.
+
+  Returns:
+    A :class:`Cost` with the jaxpr size, XLA's compiled cost analysis and the
+    median wall time of one call over all timed calls, ``block_until_ready``
+    included.
+  """
+  jitted = jax.jit(fn)
+  eqns = count_jaxpr_eqns(jax.make_jaxpr(fn)(*args))
+  xla = _xla_cost_analysis(jitted.lower(*args).compile())
+  time_s = math.nan
+  if timing:
+    time_s = median_call_time_s(lambda: jitted(*args), repeats=repeats, min_time_s=min_time_s)
+  return Cost(eqns, xla["flops"], xla["transcendentals"], xla["bytes accessed"], time_s)
+
+
+class CostReport(NamedTuple):
+  """Cost of a function and of its derivatives at example inputs."""
+
+  n_inputs: int  # n: total number of input elements.
+  n_outputs: int  # m: total number of output elements.
+  costs: dict[str, Cost]  # "f", "jacfwd", "jacrev" and, for m = 1, "grad".
+
+  def ratio(self, name: str, metric: str = "ops") -> float:
+    """cost(name) / cost(f) for ``metric`` in {"ops", "flops", "time_s", ...}."""
+    return getattr(self.costs[name], metric) / getattr(self.costs["f"], metric)
+
+  def table(self) -> str:
+    """The report as a fixed-width text table, one row per computation."""
+    header = (
+      f"n={self.n_inputs} inputs, m={self.n_outputs} outputs\n"
+      f"{'':8} {'eqns':>6} {'flops':>10} {'transc.':>9} {'bytes':>10} "
+      f"{'time µs':>9} {'ops/f':>7} {'time/f':>7}"
+    )
+    rows = [header]
+    for name, c in self.costs.items():
+      rows.append(
+        f"{name:8} {c.jaxpr_eqns:>6d} {c.flops:>10.0f} {c.transcendentals:>9.0f} "
+        f"{c.bytes_accessed:>10.0f} {c.time_s * 1e6:>9.1f} "
+        f"{self.ratio(name):>7.2f} {self.ratio(name, 'time_s'):>7.2f}"
+      )
+    return "\n".join(rows)
+
+  def __str__(self) -> str:
+    return self.table()
+
+
+def cost_report(
+  fn: Callable[..., Any],
+  *args: Any,
+  timing: bool = True,
+  repeats: int = 7,
+  min_time_s: float = 0.05,
+) -> CostReport:
+  """Cost of ``fn``, its Jacobian in both modes and (for m = 1) its gradient.
+
+  Forward mode (``jax.jacfwd``) pushes one tangent per input, so its cost is
+  about n times that of f; reverse mode (``jax.jacrev``) pulls one adjoint
+  per output, about m times that of f plus the memory to keep the primal
+  values. For a scalar output, ``jax.grad`` is one reverse pass: by the
+  cheap-gradient principle it costs a small constant multiple of f, whatever n.
+
+  All positional arguments are differentiated. Each computation is jitted
+  separately and measured with :func:`jit_cost`.
+
+  Args:
+    fn: a function of arrays with floating-point inputs and outputs.
+    *args: example inputs.
+    timing: whether to measure wall time (``False``: only trace and compile).
+    repeats: minimum number of timed calls.
+    min_time_s: keep timing calls until this many seconds have passed.
+
+  Returns:
+    A :class:`CostReport`; ``print(report)`` prints it as a table.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> report = cost_report(fan_in, jnp.ones(64), timing=False)
+    >>> report.ratio("jacfwd") > 10 * report.ratio("jacrev")
+    True
+  """
+  args = jax.tree.map(jnp.asarray, args)
+  argnums = tuple(range(len(args)))
+  n = sum(leaf.size for leaf in jax.tree.leaves(args))
+  m = sum(leaf.size for leaf in jax.tree.leaves(jax.eval_shape(fn, *args)))
+  candidates = {
+    "f": fn,
+    "jacfwd": jax.jacfwd(fn, argnums=argnums),
+    "jacrev": jax.jacrev(fn, argnums=argnums),
+  }
+  if m == 1:
+    # The output may be any pytree holding one element in all (a dict of a (1,) array,
+    # ...): its sum is that element, as a scalar that jax.grad accepts.
+    def scalar_fn(*a: Any) -> jax.Array:
+      return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(fn(*a)))
+
+    candidates["grad"] = jax.grad(scalar_fn, argnums=argnums)
+  costs = {
+    name: jit_cost(g, *args, timing=timing, repeats=repeats, min_time_s=min_time_s)
+    for name, g in candidates.items()
+  }
+  return CostReport(n, m, costs)
+
+
+# ---------------------------------------------------------------------------
+# A family ℝⁿ → ℝᵐ from the same primitives, for scaling sweeps.
+# ---------------------------------------------------------------------------
+
+
+def fan_in(x: jax.typing.ArrayLike) -> jax.Array:
+  """Fan-in ℝⁿ → ℝ: s = Σᵢ f(xᵢ, xᵢ) = Σᵢ exp(xᵢ) · sin(xᵢ)², f = :func:`textbook_f`.
+
+  About 4n operations (2n of them transcendental). Its gradient costs a
+  constant multiple of that; its forward-mode Jacobian n times as much.
+
+  Args:
+    x: the n inputs, any shape (all elements are summed).
+
+  Returns:
+    The scalar s.
+  """
+  x = jnp.asarray(x)
+  return jnp.sum(textbook_f(x, x))
+
+
+def fan_out(s: jax.typing.ArrayLike, m: int) -> jax.Array:
+  """Fan-out ℝ → ℝᵐ: yⱼ = f(sin(tⱼ·s), s + tⱼ) = exp(sin(tⱼ·s)) · sin(s + tⱼ)².
+
+  ``tⱼ`` are m fixed frequencies evenly spaced in [0.5, 1.5]; the inner sin
+  keeps exp bounded (yⱼ ≤ e), so no output overflows whatever s is.
+
+  Args:
+    s: a scalar input.
+    m: number of outputs, >= 1.
+
+  Returns:
+    The m outputs, shape ``(m,)``.
+  """
+  if m < 1:
+    raise ValueError(f"m must be >= 1, got {m}.")
+  t = jnp.asarray(np.linspace(0.5, 1.5, m), dtype=jnp.result_type(float))
+  s = jnp.asarray(s)
+  return textbook_f(jnp.sin(t * s), s + t)
+
+
+def fan_in_fan_out(m: int) -> Callable[[jax.Array], jax.Array]:
+  """The family ℝⁿ → ℝᵐ, x ↦ fan_out(fan_in(x), m), for scaling sweeps.
+
+  Evaluating it costs O(n + m); its Jacobian is a dense m x n matrix (of rank
+  one, through the scalar s). Forward mode needs n tangent passes and reverse
+  mode m adjoint passes, each of cost O(n + m), so cost(jacfwd)/cost(f) grows
+  like n and cost(jacrev)/cost(f) like m, and they cross near n = m.
+
+  Args:
+    m: number of outputs, >= 1 (n is the size of the argument).
+
+  Returns:
+    The function ``x -> fan_out(fan_in(x), m)``.
+  """
+  if m < 1:
+    raise ValueError(f"m must be >= 1, got {m}.")
+
+  def fn(x: jax.Array) -> jax.Array:
+    return fan_out(fan_in(x), m)
+
+  return fn
+
+
+# ---------------------------------------------------------------------------
+# The three tables.
+# ---------------------------------------------------------------------------
 
 
 def _fmt(x: float, digits: int = 4) -> str:
   return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
 
 
-def _cost_dict(cost: autodiff.Cost) -> dict[str, float]:
+def _cost_dict(cost: Cost) -> dict[str, float]:
   return {**cost._asdict(), "ops": cost.ops}
 
 
@@ -58,34 +315,34 @@ def textbook_table(args: argparse.Namespace) -> dict[str, Any]:
   x1, x2 = jnp.float32(9.0), jnp.float32(10.0)
   timing = {"repeats": args.repeats, "min_time_s": args.min_time_s}
   hand = {
-    "reverse, by hand": autodiff.reverse_accumulation,
-    "forward, by hand as chapter (0-tangents skipped)": lambda a, b: autodiff.forward_accumulation(
+    "reverse, by hand": reverse_accumulation,
+    "forward, by hand as chapter (0-tangents skipped)": lambda a, b: forward_accumulation(
       a, b, skip_zero_tangents=True
     ),
-    "forward, by hand, dense seeds (as jacfwd)": autodiff.forward_accumulation,
+    "forward, by hand, dense seeds (as jacfwd)": forward_accumulation,
   }
   argnums = (0, 1)
   by_jax = {
-    "jax.grad": jax.grad(autodiff.textbook_f, argnums=argnums),
-    "jax.jacrev": jax.jacrev(autodiff.textbook_f, argnums=argnums),
-    "jax.jacfwd": jax.jacfwd(autodiff.textbook_f, argnums=argnums),
+    "jax.grad": jax.grad(textbook_f, argnums=argnums),
+    "jax.jacrev": jax.jacrev(textbook_f, argnums=argnums),
+    "jax.jacfwd": jax.jacfwd(textbook_f, argnums=argnums),
   }
   rows = []
-  primal_ops = autodiff.reverse_accumulation(x1, x2).ops.primal
+  primal_ops = reverse_accumulation(x1, x2).ops.primal
   rows.append(
     {
       "mode": "f only",
-      "value": float(autodiff.textbook_f(x1, x2)),
+      "value": float(textbook_f(x1, x2)),
       "grad": None,
       "chain_rule_ops": None,
       "seeds": None,
       "hand_total_ops": primal_ops,
-      **_cost_dict(autodiff.jit_cost(autodiff.textbook_f, x1, x2, **timing)),
+      **_cost_dict(jit_cost(textbook_f, x1, x2, **timing)),
     }
   )
   for mode, accumulate in hand.items():
     result = accumulate(x1, x2)
-    cost = autodiff.jit_cost(lambda a, b, acc=accumulate: acc(a, b)[:2], x1, x2, **timing)
+    cost = jit_cost(lambda a, b, acc=accumulate: acc(a, b)[:2], x1, x2, **timing)
     rows.append(
       {
         "mode": mode,
@@ -108,7 +365,7 @@ def textbook_table(args: argparse.Namespace) -> dict[str, Any]:
         "chain_rule_ops": None,
         "seeds": None,
         "hand_total_ops": None,
-        **_cost_dict(autodiff.jit_cost(fn, x1, x2, **timing)),
+        **_cost_dict(jit_cost(fn, x1, x2, **timing)),
       }
     )
 
@@ -175,17 +432,6 @@ def _crossover(sizes: Sequence[int], forward: Sequence[float], reverse: Sequence
   return math.nan
 
 
-def _json_safe(value: Any) -> Any:
-  """NaN (not valid JSON) becomes null, recursively."""
-  if isinstance(value, float) and math.isnan(value):
-    return None
-  if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
-  return value
-
-
 def scaling_sweep(args: argparse.Namespace) -> dict[str, Any]:
   """Jacobian cost by jacfwd and jacrev over n and m."""
   sizes = [2**k for k in range(int(math.log2(args.max_size)) + 1)]
@@ -193,14 +439,14 @@ def scaling_sweep(args: argparse.Namespace) -> dict[str, Any]:
   for fixed in args.fixed:
     plan += [("n", fixed, n, fixed) for n in sizes]  # vary n at fixed m.
     plan += [("m", fixed, fixed, m) for m in sizes]  # vary m at fixed n.
-  measured: dict[tuple[int, int], autodiff.CostReport] = {}
+  measured: dict[tuple[int, int], CostReport] = {}
   key = jax.random.key(0)
   for n, m in tqdm.tqdm(
     sorted({(n, m) for *_, n, m in plan}), desc="sweep (n, m)", file=sys.stderr
   ):
     x = jax.random.uniform(jax.random.fold_in(key, n), (n,), minval=-1.0, maxval=1.0)
-    measured[(n, m)] = autodiff.cost_report(
-      autodiff.fan_in_fan_out(m), x, repeats=args.repeats, min_time_s=args.min_time_s
+    measured[(n, m)] = cost_report(
+      fan_in_fan_out(m), x, repeats=args.repeats, min_time_s=args.min_time_s
     )
   rows = []
   for varied, fixed, n, m in plan:
@@ -308,7 +554,7 @@ def cheap_gradient(args: argparse.Namespace) -> dict[str, Any]:
   """cost(grad f) / cost(f) for the fan-in f over n."""
   rows = []
   key = jax.random.key(1)
-  grad_fn = jax.grad(autodiff.fan_in)
+  grad_fn = jax.grad(fan_in)
   timing = {"repeats": args.repeats, "min_time_s": args.min_time_s}
   for n in tqdm.tqdm(args.grad_sizes, desc="cheap gradient n", file=sys.stderr):
     x = jax.random.uniform(jax.random.fold_in(key, n), (n,), minval=-1.0, maxval=1.0)
@@ -316,8 +562,8 @@ def cheap_gradient(args: argparse.Namespace) -> dict[str, Any]:
     # see the same machine load; the reported time is the median over rounds.
     rounds = {"f": [], "grad": []}
     for _ in range(args.rounds):
-      rounds["f"].append(autodiff.jit_cost(autodiff.fan_in, x, **timing))
-      rounds["grad"].append(autodiff.jit_cost(grad_fn, x, **timing))
+      rounds["f"].append(jit_cost(fan_in, x, **timing))
+      rounds["grad"].append(jit_cost(grad_fn, x, **timing))
     row = {"n": n}
     for name, costs in rounds.items():
       median = statistics.median(c.time_s for c in costs)
@@ -357,11 +603,7 @@ def cheap_gradient(args: argparse.Namespace) -> dict[str, Any]:
 
 def plot(results: dict[str, Any], path: pathlib.Path) -> None:
   """Log-log plot: ops and wall time against n and m, and the cheap gradient."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   sweep = results["sweep"]
   fig, axes = plt.subplots(2, 3, figsize=(16, 9), constrained_layout=True)
   colors = {"f": "0.5", "jacfwd": "tab:blue", "jacrev": "tab:orange"}
@@ -470,7 +712,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   device = jax.devices()[0]
   meta = {
-    "command": " ".join(["python", *sys.argv]),
+    "command": " ".join(["python -m benchmarks.autodiff_modes", *sys.argv[1:]]),
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "jax": jax.__version__,
     "backend": jax.default_backend(),
@@ -494,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args.out.mkdir(parents=True, exist_ok=True)
   stem = args.out / "autodiff_modes"
   stem.with_suffix(".json").write_text(
-    json.dumps(_json_safe(results), indent=1, allow_nan=False) + "\n"
+    json.dumps(json_safe(results), indent=1, allow_nan=False) + "\n"
   )
   with stem.with_suffix(".csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(results["sweep"]["rows"][0]))

@@ -20,14 +20,13 @@ Writes ``lr_sensitivity.png`` (final loss vs learning rate) and
 
 Run::
 
-  python benchmarks/lr_sensitivity.py          # about 5 minutes on one core
+  python -m benchmarks.lr_sensitivity          # about 5 minutes on one core
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -38,15 +37,16 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-import high_lr_demo as demo
+from benchmarks._common import RESULTS, pyplot
+from benchmarks._common import lr_sensitivity as sensitivity
+from examples import high_lr_demo as demo
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
 
 
-def spiral_task(seed: int = 0, *, classes: int = 3, n_train: int = 3000, n_val: int = 1500,
-                noise: float = 0.25) -> demo.Task:
+def spiral_task(
+  seed: int = 0, *, classes: int = 3, n_train: int = 3000, n_val: int = 1500, noise: float = 0.25
+) -> demo.Task:
   """Interleaved 2-D spirals, one per class (labels are integers)."""
   rng = np.random.default_rng(seed)
   n = n_train + n_val
@@ -56,8 +56,13 @@ def spiral_task(seed: int = 0, *, classes: int = 3, n_train: int = 3000, n_val: 
   x = np.stack([r * np.cos(theta), r * np.sin(theta)], 1)
   x = (x + noise * 0.1 * rng.normal(size=x.shape)).astype(np.float32) * 2
   trivial = float(np.log(classes))
-  return demo.Task(jnp.asarray(x[:n_train]), jnp.asarray(label[:n_train]),
-                   jnp.asarray(x[n_train:]), jnp.asarray(label[n_train:]), trivial)
+  return demo.Task(
+    jnp.asarray(x[:n_train]),
+    jnp.asarray(label[:n_train]),
+    jnp.asarray(x[n_train:]),
+    jnp.asarray(label[n_train:]),
+    trivial,
+  )
 
 
 def initial_loss(graphdef, params, task: demo.Task, loss: str) -> np.ndarray:
@@ -72,26 +77,38 @@ def initial_loss(graphdef, params, task: demo.Task, loss: str) -> np.ndarray:
   return np.asarray(jax.jit(jax.vmap(one))(params))
 
 
-def sensitivity(final: np.ndarray, init: np.ndarray) -> np.ndarray:
-  """Wortsman et al. (2023) LR sensitivity per seed; ``final`` is (lrs, seeds)."""
-  capped = np.minimum(np.where(np.isfinite(final), final, np.inf), init[None])
-  best = capped.min(axis=0)
-  return (capped - best[None]).mean(axis=0)
-
-
 def run_task(name, task, loss, txs, lrs, seeds, args, bar) -> dict:
   depth, width = (args.reg_depth, args.reg_width) if loss == "mse" else (6, 64)
   graphdef, params0 = demo.init_students(
-      seeds, task.x_train.shape[1],
-      task.y_train.shape[1] if loss == "mse" else int(task.y_train.max()) + 1,
-      width=width, depth=depth)
+    seeds,
+    task.x_train.shape[1],
+    task.y_train.shape[1] if loss == "mse" else int(task.y_train.max()) + 1,
+    width=width,
+    depth=depth,
+  )
   init = initial_loss(graphdef, params0, task, loss)
-  out = {"task": name, "depth": depth, "width": width, "init_loss": init.tolist(),
-         "trivial_loss": task.trivial_loss, "optimizers": {}}
+  out = {
+    "task": name,
+    "depth": depth,
+    "width": width,
+    "init_loss": init.tolist(),
+    "trivial_loss": task.trivial_loss,
+    "optimizers": {},
+  }
   for opt, make_tx in txs.items():
     bar.set_description(f"{name}: {opt}"[:36])
-    cv = demo.train(graphdef, params0, make_tx, lrs, task, steps=args.steps,
-                    batch=args.batch, seeds=seeds, bar=bar, loss=loss)
+    cv = demo.train(
+      graphdef,
+      params0,
+      make_tx,
+      lrs,
+      task,
+      steps=args.steps,
+      batch=args.batch,
+      seeds=seeds,
+      bar=bar,
+      loss=loss,
+    )
     final = np.array([[demo.final(v, 4) for v in per_lr] for per_lr in cv["val_loss"]])
     sens = sensitivity(final, init)
     out["optimizers"][opt] = {"final_val": final.tolist(), "sensitivity": sens.tolist()}
@@ -99,25 +116,27 @@ def run_task(name, task, loss, txs, lrs, seeds, args, bar) -> dict:
 
 
 def print_tables(res: dict, lrs: list[float]) -> None:
-  print(f"\n== {res['task']} (final validation loss, median over seeds; initial loss"
-        f" {np.median(res['init_loss']):.3g}, trivial predictor {res['trivial_loss']:.3g};"
-        " 'nan' = diverged)")
-  print(f"{'optimizer':<34s}" + "".join(f" {lr:>8g}" for lr in lrs)
-        + f"  {'sensitivity (range)':<20s}")
+  print(
+    f"\n== {res['task']} (final validation loss, median over seeds; initial loss"
+    f" {np.median(res['init_loss']):.3g}, trivial predictor {res['trivial_loss']:.3g};"
+    " 'nan' = diverged)"
+  )
+  print(
+    f"{'optimizer':<34s}" + "".join(f" {lr:>8g}" for lr in lrs) + f"  {'sensitivity (range)':<20s}"
+  )
   for opt, r in res["optimizers"].items():
     final = np.asarray(r["final_val"], float)
     med = [np.median(row) if np.all(np.isfinite(row)) else np.nan for row in final]
     s = np.asarray(r["sensitivity"])
-    print(f"{opt:<34s}" + "".join(f" {m:>8.3g}" for m in med)
-          + f"  {s.mean():.3f} ({s.min():.3f}..{s.max():.3f})")
+    print(
+      f"{opt:<34s}"
+      + "".join(f" {m:>8.3g}" for m in med)
+      + f"  {s.mean():.3f} ({s.min():.3f}..{s.max():.3f})"
+    )
 
 
 def plot(results: list[dict], lrs: list[float], path: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.8))
   cmap = plt.get_cmap("tab10")
   for ax, res in zip(np.atleast_1d(axes), results, strict=True):
@@ -127,8 +146,15 @@ def plot(results: list[dict], lrs: list[float], path: Path) -> None:
       capped = np.minimum(np.where(np.isfinite(final), final, np.inf), init)
       style = "-" if opt.startswith("relativistic") else "--"
       s = np.mean(r["sensitivity"])
-      ax.plot(lrs, np.median(capped, 1), style, marker="o", ms=3, color=cmap(i % 10),
-              label=f"{opt} (sens. {s:.2f})")
+      ax.plot(
+        lrs,
+        np.median(capped, 1),
+        style,
+        marker="o",
+        ms=3,
+        color=cmap(i % 10),
+        label=f"{opt} (sens. {s:.2f})",
+      )
       ax.fill_between(lrs, capped.min(1), capped.max(1), color=cmap(i % 10), alpha=0.1)
     ax.axhline(init, color="k", ls=":", lw=0.8, label="initial loss (cap)")
     ax.set_xscale("log")
@@ -138,8 +164,10 @@ def plot(results: list[dict], lrs: list[float], path: Path) -> None:
     ax.set_title(res["task"])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.suptitle("Final loss vs learning rate (median and range over seeds);"
-               " LR sensitivity of Wortsman et al. 2023 in the legend")
+  fig.suptitle(
+    "Final loss vs learning rate (median and range over seeds);"
+    " LR sensitivity of Wortsman et al. 2023 in the legend"
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=90)
 
@@ -158,10 +186,14 @@ def main(argv=None) -> None:
 
   seeds = list(range(args.seeds))
   txs = demo.optimizers(args.speed_limit)
-  tasks = [("teacher-student regression (deep ReLU MLP)", demo.teacher_student_task(0), "mse"),
-           ("spiral classification (3 classes)", spiral_task(0), "xent")]
-  print(f"{len(txs)} optimizers x {len(args.lrs)} learning rates x {args.seeds} seeds"
-        f" x {len(tasks)} tasks, {args.steps} steps each; speed limit c={args.speed_limit:g}")
+  tasks = [
+    ("teacher-student regression (deep ReLU MLP)", demo.teacher_student_task(0), "mse"),
+    ("spiral classification (3 classes)", spiral_task(0), "xent"),
+  ]
+  print(
+    f"{len(txs)} optimizers x {len(args.lrs)} learning rates x {args.seeds} seeds"
+    f" x {len(tasks)} tasks, {args.steps} steps each; speed limit c={args.speed_limit:g}"
+  )
   t0 = time.perf_counter()
   results = []
   total = len(tasks) * len(txs) * len(args.lrs) * args.steps
@@ -183,8 +215,10 @@ def main(argv=None) -> None:
     sens = {o: float(np.mean(r["sensitivity"])) for o, r in res["optimizers"].items()}
     rel = min((o for o in sens if o.startswith("relativistic")), key=sens.get)
     base = min((o for o in sens if not o.startswith("relativistic")), key=sens.get)
-    print(f"{res['task']}: LR sensitivity {rel} {sens[rel]:.3f} vs {base} {sens[base]:.3f}"
-          f" (adam {sens['adam']:.3f})")
+    print(
+      f"{res['task']}: LR sensitivity {rel} {sens[rel]:.3f} vs {base} {sens[base]:.3f}"
+      f" (adam {sens['adam']:.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ timed on the same shapes in a subprocess and reported in ns per parameter.
 
 Run (one core, as the headline numbers were measured)::
 
-  taskset -c 0 python benchmarks/step_overhead.py
+  taskset -c 0 python -m benchmarks.step_overhead
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from pathlib import Path
 # One thread: the numbers are per core, and a second XLA worker thread on a
 # pinned core only adds context switches.
 os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+  "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 )
 
 import jax
@@ -61,8 +61,8 @@ import numpy as np
 import optax
 
 import relax_optax
+from benchmarks._common import RESULTS, pyplot
 
-RESULTS = Path(__file__).parent / "results"
 TARGETS = {"per_component": 1.05, "per_param": 1.35, "global": 1.35}
 
 
@@ -79,8 +79,8 @@ def layouts(total: int, many_leaves: int) -> dict[str, list[tuple[int, ...]]]:
 def make_tree(shapes, seed: int) -> dict[str, jax.Array]:
   key = jax.random.key(seed)
   return {
-      f"p{i:04d}": jax.random.normal(jax.random.fold_in(key, i), s, jnp.float32)
-      for i, s in enumerate(shapes)
+    f"p{i:04d}": jax.random.normal(jax.random.fold_in(key, i), s, jnp.float32)
+    for i, s in enumerate(shapes)
   }
 
 
@@ -89,14 +89,14 @@ def optimizers(formulas: list[str]) -> dict[str, optax.GradientTransformation]:
   for mode in ("per_param", "global"):
     # The plain chain of Optax parts, which relativistic_adam fuses.
     txs[f"chain:{mode}/lorentz"] = optax.chain(
-        optax.scale_by_adam(),
-        optax.scale_by_learning_rate(1e-3),
-        relax_optax.scale_by_relativistic(0.1, mode=mode),
+      optax.scale_by_adam(),
+      optax.scale_by_learning_rate(1e-3),
+      relax_optax.scale_by_relativistic(0.1, mode=mode),
     )
   for mode in ("per_component", "per_param", "global"):
     for formula in formulas:
       txs[f"{mode}/{formula}"] = relax_optax.relativistic_adam(
-          1e-3, speed_limit=0.1, mode=mode, formula=formula
+        1e-3, speed_limit=0.1, mode=mode, formula=formula
       )
   return txs
 
@@ -182,8 +182,11 @@ print(json.dumps({k: statistics.median(v) for k, v in res.items()}))
 """
   try:
     proc = subprocess.run(
-        [python, "-c", code, json.dumps(shapes), str(rounds)],
-        capture_output=True, text=True, timeout=1800, check=True,
+      [python, "-c", code, json.dumps(shapes), str(rounds)],
+      capture_output=True,
+      text=True,
+      timeout=1800,
+      check=True,
     )
   except (OSError, subprocess.SubprocessError) as e:
     print(f"  (torch timing skipped: {e})", file=sys.stderr)
@@ -194,14 +197,23 @@ print(json.dumps({k: statistics.median(v) for k, v in res.items()}))
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--sizes", type=float, nargs="+", default=[1e4, 1e5, 1e6, 1e7])
-  parser.add_argument("--many-leaves", type=int, default=256,
-                      help="number of leaves of the many_small layout")
+  parser.add_argument(
+    "--many-leaves", type=int, default=256, help="number of leaves of the many_small layout"
+  )
   parser.add_argument("--formulas", nargs="+", default=list(relax_optax.FORMULAS))
   parser.add_argument("--rounds", type=int, default=25)
-  parser.add_argument("--min-batch-s", type=float, default=0.05,
-                      help="each timed batch of steps lasts at least this long")
-  parser.add_argument("--torch", default=None, metavar="PYTHON",
-                      help="interpreter with torch + relativistic-adam for the original")
+  parser.add_argument(
+    "--min-batch-s",
+    type=float,
+    default=0.05,
+    help="each timed batch of steps lasts at least this long",
+  )
+  parser.add_argument(
+    "--torch",
+    default=None,
+    metavar="PYTHON",
+    help="interpreter with torch + relativistic-adam for the original",
+  )
   parser.add_argument("--out", type=Path, default=RESULTS / "step_overhead")
   args = parser.parse_args(argv)
 
@@ -209,10 +221,14 @@ def main(argv=None) -> None:
   names = [n for n in txs if n != "adam"]
   affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
   cpu = platform.processor() or platform.machine()
-  print(f"jax {jax.__version__}, optax {optax.__version__}, {cpu}, CPU cores usable:"
-        f" {affinity}; XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")
-  print("The machine may be shared with other processes: times are medians over"
-        f" {args.rounds} round-robin rounds, ratios medians of per-round ratios.\n")
+  print(
+    f"jax {jax.__version__}, optax {optax.__version__}, {cpu}, CPU cores usable:"
+    f" {affinity}; XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}"
+  )
+  print(
+    "The machine may be shared with other processes: times are medians over"
+    f" {args.rounds} round-robin rounds, ratios medians of per-round ratios.\n"
+  )
   rows = []
   for size in args.sizes:
     total = int(size)
@@ -220,9 +236,14 @@ def main(argv=None) -> None:
       n = int(sum(np.prod(s) for s in shapes))
       times, temp_bytes = time_variants(txs, shapes, args.rounds, args.min_batch_s)
       adam = times["adam"]
-      row = {"size": total, "entries": n, "layout": layout, "leaves": len(shapes),
-             "adam_ms": float(np.median(adam) * 1e3),
-             "adam_ns_per_param": float(np.median(adam) / n * 1e9)}
+      row = {
+        "size": total,
+        "entries": n,
+        "layout": layout,
+        "leaves": len(shapes),
+        "adam_ms": float(np.median(adam) * 1e3),
+        "adam_ns_per_param": float(np.median(adam) / n * 1e9),
+      }
       for name in names:
         row[f"{name}_ms"] = float(np.median(times[name]) * 1e3)
         row[f"{name}_ratio"] = float(np.median(times[name] / adam))
@@ -243,15 +264,20 @@ def print_row(row, names, header: bool) -> None:
     cols = "".join(f" {n.replace('per_component', 'per_comp'):>21s}" for n in names)
     print(f"{'entries':>9s} {'layout':>10s} {'leaves':>6s} {'adam ms':>9s} {'ns/param':>8s}{cols}")
   cells = "".join(f" {row[f'{n}_ratio']:>20.2f}x" for n in names)
-  print(f"{row['entries']:>9.1e} {row['layout']:>10s} {row['leaves']:>6d}"
-        f" {row['adam_ms']:>9.3f} {row['adam_ns_per_param']:>8.2f}{cells}", flush=True)
+  print(
+    f"{row['entries']:>9.1e} {row['layout']:>10s} {row['leaves']:>6d}"
+    f" {row['adam_ms']:>9.3f} {row['adam_ns_per_param']:>8.2f}{cells}",
+    flush=True,
+  )
 
 
 def summarise(rows, names, args) -> None:
   largest = max(r["size"] for r in rows)
   print("\nRatio to optax.adam at the largest size (median of per-round ratios):")
-  print(f"{'variant':>26s} {'few_large':>10s} {'many_small':>11s} {'target':>7s}  met"
-        "  temp MB (XLA scratch per step; Adam: 0)")
+  print(
+    f"{'variant':>26s} {'few_large':>10s} {'many_small':>11s} {'target':>7s}  met"
+    "  temp MB (XLA scratch per step; Adam: 0)"
+  )
   worst = {}
   for name in names:
     mode = name.split("/")[0].removeprefix("chain:")
@@ -260,26 +286,37 @@ def summarise(rows, names, args) -> None:
     if not name.startswith("chain:"):
       worst[mode] = max(worst.get(mode, 0.0), *vals.values())
     temps = [r[f"{name}_temp_mb"] for r in rows if r["size"] == largest]
-    print(f"{name:>26s} {vals.get('few_large', float('nan')):>9.2f}x"
-          f" {vals.get('many_small', float('nan')):>10.2f}x {TARGETS[mode]:>6.2f}x"
-          f"  {'yes' if met else 'NO ':<4s} {max(temps):>8.1f}")
+    print(
+      f"{name:>26s} {vals.get('few_large', float('nan')):>9.2f}x"
+      f" {vals.get('many_small', float('nan')):>10.2f}x {TARGETS[mode]:>6.2f}x"
+      f"  {'yes' if met else 'NO ':<4s} {max(temps):>8.1f}"
+    )
   torch_rows = [r for r in rows if "torch_adam_ns_per_param" in r]
   if torch_rows:
     print("\nOriginal relativistic-adam 1.0.0 (PyTorch, 1 thread) vs this library, ns/param:")
-    print(f"{'entries':>9s} {'layout':>10s} {'torch Adam':>10s} {'torch per_param':>15s}"
-          f" {'torch per_comp':>14s} {'optax adam':>10s} {'ours per_param':>14s}"
-          f" {'ours per_comp':>13s}")
+    print(
+      f"{'entries':>9s} {'layout':>10s} {'torch Adam':>10s} {'torch per_param':>15s}"
+      f" {'torch per_comp':>14s} {'optax adam':>10s} {'ours per_param':>14s}"
+      f" {'ours per_comp':>13s}"
+    )
     for r in torch_rows:
       n = r["entries"]
-      print(f"{n:>9.1e} {r['layout']:>10s} {r['torch_adam_ns_per_param']:>10.2f}"
-            f" {r['torch_per_param_ns_per_param']:>15.2f}"
-            f" {r['torch_per_component_ns_per_param']:>14.2f}"
-            f" {r['adam_ns_per_param']:>10.2f} {r['per_param/lorentz_ms'] / n * 1e6:>14.2f}"
-            f" {r['per_component/lorentz_ms'] / n * 1e6:>13.2f}")
+      print(
+        f"{n:>9.1e} {r['layout']:>10s} {r['torch_adam_ns_per_param']:>10.2f}"
+        f" {r['torch_per_param_ns_per_param']:>15.2f}"
+        f" {r['torch_per_component_ns_per_param']:>14.2f}"
+        f" {r['adam_ns_per_param']:>10.2f} {r['per_param/lorentz_ms'] / n * 1e6:>14.2f}"
+        f" {r['per_component/lorentz_ms'] / n * 1e6:>13.2f}"
+      )
   args.out.parent.mkdir(parents=True, exist_ok=True)
-  meta = {"jax": jax.__version__, "optax": optax.__version__,
-          "xla_flags": os.environ.get("XLA_FLAGS"), "rounds": args.rounds,
-          "targets": TARGETS, "cpu_affinity": sorted(os.sched_getaffinity(0))}
+  meta = {
+    "jax": jax.__version__,
+    "optax": optax.__version__,
+    "xla_flags": os.environ.get("XLA_FLAGS"),
+    "rounds": args.rounds,
+    "targets": TARGETS,
+    "cpu_affinity": sorted(os.sched_getaffinity(0)),
+  }
   args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
   with args.out.with_suffix(".csv").open("w", newline="") as f:
     keys = [k for k in rows[0] if not k.endswith("_iqr")]
@@ -292,10 +329,7 @@ def summarise(rows, names, args) -> None:
 
 
 def plot(rows, names, path: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   for ax, layout in zip(axes, ("few_large", "many_small"), strict=True):

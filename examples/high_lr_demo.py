@@ -61,15 +61,15 @@ class Task(NamedTuple):
 
 
 def teacher_student_task(
-    seed: int = 0,
-    *,
-    d_in: int = 16,
-    d_out: int = 4,
-    n_train: int = 4096,
-    n_val: int = 1024,
-    teacher_depth: int = 4,
-    teacher_width: int = 32,
-    noise: float = 0.05,
+  seed: int = 0,
+  *,
+  d_in: int = 16,
+  d_out: int = 4,
+  n_train: int = 4096,
+  n_val: int = 1024,
+  teacher_depth: int = 4,
+  teacher_width: int = 32,
+  noise: float = 0.05,
 ) -> Task:
   """Targets from a random deep ReLU teacher (He init), plus a little noise."""
   rng = np.random.default_rng(seed)
@@ -86,8 +86,11 @@ def teacher_student_task(
   y = (y - mean) / std
   trivial = float(np.mean((y[n_train:] - y[:n_train].mean(0)) ** 2))
   return Task(
-      jnp.asarray(x[:n_train]), jnp.asarray(y[:n_train]),
-      jnp.asarray(x[n_train:]), jnp.asarray(y[n_train:]), trivial,
+    jnp.asarray(x[:n_train]),
+    jnp.asarray(y[:n_train]),
+    jnp.asarray(x[n_train:]),
+    jnp.asarray(y[n_train:]),
+    trivial,
   )
 
 
@@ -96,9 +99,7 @@ class MLP(nnx.Module):
 
   def __init__(self, d_in: int, width: int, d_out: int, depth: int, *, rngs: nnx.Rngs):
     dims = [d_in] + [width] * (depth - 1) + [d_out]
-    self.layers = nnx.List(
-        [nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(dims)]
-    )
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(dims)])
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for layer in self.layers[:-1]:
@@ -125,25 +126,23 @@ def optimizers(c: float) -> dict[str, Any]:
   """The compared optimizers, as functions of the learning rate; ``c`` is the
   speed limit (and the hard-clip thresholds on the update)."""
   txs = {
-      "adam": optax.adam,
-      "adam+clip_grad_norm(1)": lambda learning_rate: optax.chain(
-          optax.clip_by_global_norm(1.0), optax.adam(learning_rate)
-      ),
-      f"adam+clip_update({c:g})": lambda learning_rate: optax.chain(
-          optax.adam(learning_rate), optax.clip(c)
-      ),
-      f"adam+clip_update_norm({c:g})": lambda learning_rate: optax.chain(
-          optax.adam(learning_rate), optax.clip_by_global_norm(c)
-      ),
+    "adam": optax.adam,
+    "adam+clip_grad_norm(1)": lambda learning_rate: optax.chain(
+      optax.clip_by_global_norm(1.0), optax.adam(learning_rate)
+    ),
+    f"adam+clip_update({c:g})": lambda learning_rate: optax.chain(
+      optax.adam(learning_rate), optax.clip(c)
+    ),
+    f"adam+clip_update_norm({c:g})": lambda learning_rate: optax.chain(
+      optax.adam(learning_rate), optax.clip_by_global_norm(c)
+    ),
   }
   for mode in relax_optax.MODES:
-    txs[f"relativistic {mode}"] = (
-        lambda learning_rate, mode=mode: relax_optax.relativistic_adam(
-            learning_rate, speed_limit=c, mode=mode
-        )
+    txs[f"relativistic {mode}"] = lambda learning_rate, mode=mode: relax_optax.relativistic_adam(
+      learning_rate, speed_limit=c, mode=mode
     )
   txs["relativistic per_param reference"] = lambda learning_rate: relax_optax.relativistic_adam(
-      learning_rate, speed_limit=c, mode="per_param", formula="reference"
+    learning_rate, speed_limit=c, mode="per_param", formula="reference"
   )
   return txs
 
@@ -157,8 +156,15 @@ def _tree_norm(tree: Any) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
-def make_trainer(graphdef, tx: optax.GradientTransformation, task: Task, batch: int,
-                 chunk: int, eval_every: int, loss: str = "mse"):
+def make_trainer(
+  graphdef,
+  tx: optax.GradientTransformation,
+  task: Task,
+  batch: int,
+  chunk: int,
+  eval_every: int,
+  loss: str = "mse",
+):
   """``run(params, opt_state, key) -> (params, opt_state, key, metrics)`` for
   ``chunk`` steps; metrics have shape (chunk,) per seed (validation loss is
   NaN except every ``eval_every`` steps, to keep it cheap). ``loss`` is
@@ -178,27 +184,44 @@ def make_trainer(graphdef, tx: optax.GradientTransformation, task: Task, batch: 
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     val = jax.lax.cond(
-        (i + 1) % eval_every == 0,
-        lambda p: loss_fn(p, task.x_val, task.y_val),
-        lambda p: jnp.full((), jnp.nan),
-        params,
+      (i + 1) % eval_every == 0,
+      lambda p: loss_fn(p, task.x_val, task.y_val),
+      lambda p: jnp.full((), jnp.nan),
+      params,
     )
-    metrics = {"train_loss": loss, "val_loss": val, "grad_norm": _tree_norm(grads),
-               "update_norm": _tree_norm(updates), "param_norm": _tree_norm(params)}
+    metrics = {
+      "train_loss": loss,
+      "val_loss": val,
+      "grad_norm": _tree_norm(grads),
+      "update_norm": _tree_norm(updates),
+      "param_norm": _tree_norm(params),
+    }
     return (params, opt_state, key), metrics
 
   def run(params, opt_state, key, start):
     (params, opt_state, key), metrics = jax.lax.scan(
-        one_step, (params, opt_state, key), start + jnp.arange(chunk)
+      one_step, (params, opt_state, key), start + jnp.arange(chunk)
     )
     return params, opt_state, key, metrics
 
   return jax.jit(jax.vmap(run, in_axes=(0, 0, 0, None)), donate_argnums=(0, 1))
 
 
-def train(graphdef, params0, make_tx, lrs: list[float], task: Task, *, steps: int,
-          batch: int, seeds: list[int], chunk: int = 100, eval_every: int = 25,
-          bar: tqdm | None = None, loss: str = "mse") -> dict[str, np.ndarray]:
+def train(
+  graphdef,
+  params0,
+  make_tx,
+  lrs: list[float],
+  task: Task,
+  *,
+  steps: int,
+  batch: int,
+  seeds: list[int],
+  chunk: int = 100,
+  eval_every: int = 25,
+  bar: tqdm | None = None,
+  loss: str = "mse",
+) -> dict[str, np.ndarray]:
   """Trains one student per (learning rate, seed) in one vmapped, jitted scan.
 
   ``make_tx(learning_rate)`` builds the optimizer; the learning rate is an
@@ -209,9 +232,7 @@ def train(graphdef, params0, make_tx, lrs: list[float], task: Task, *, steps: in
   tx = optax.inject_hyperparams(make_tx)(learning_rate=1.0)
   params = jax.tree.map(lambda x: jnp.tile(x, (n_lr,) + (1,) * (x.ndim - 1)), params0)
   opt_state = jax.vmap(tx.init)(params)
-  opt_state.hyperparams["learning_rate"] = jnp.repeat(
-      jnp.asarray(lrs, jnp.float32), n_seed
-  )
+  opt_state.hyperparams["learning_rate"] = jnp.repeat(jnp.asarray(lrs, jnp.float32), n_seed)
   keys = jax.vmap(jax.random.key)(jnp.tile(jnp.asarray(seeds) + 1000, n_lr))
   run = make_trainer(graphdef, tx, task, batch, chunk, eval_every, loss)
   chunks = []
@@ -221,8 +242,7 @@ def train(graphdef, params0, make_tx, lrs: list[float], task: Task, *, steps: in
     if bar is not None:
       bar.update(chunk * n_lr)
   return {
-      k: np.concatenate([m[k] for m in chunks], axis=1).reshape(n_lr, n_seed, -1)
-      for k in chunks[0]
+    k: np.concatenate([m[k] for m in chunks], axis=1).reshape(n_lr, n_seed, -1) for k in chunks[0]
   }
 
 
@@ -253,45 +273,56 @@ def summarise(name: str, cv: dict[str, np.ndarray], trivial: float) -> dict:
   per_seed = []
   for tl, vl in zip(cv["train_loss"], cv["val_loss"], strict=True):
     finite_tl = np.where(np.isfinite(tl), tl, np.inf)
-    per_seed.append({
+    per_seed.append(
+      {
         "nonfinite_at": nonfinite_step(tl),
-        "exploded_at": (int(np.argmax(finite_tl > 100 * trivial)) + 1
-                        if np.any(finite_tl > 100 * trivial) else None),
+        "exploded_at": (
+          int(np.argmax(finite_tl > 100 * trivial)) + 1
+          if np.any(finite_tl > 100 * trivial)
+          else None
+        ),
         "peak_train": float(np.max(finite_tl)),
         "final_train": final(tl, 50),
         "final_val": final(vl, 4),
-    })
+      }
+    )
   vals = np.array([p["final_val"] for p in per_seed])
   return {
-      "optimizer": name,
-      "nonfinite_seeds": sum(p["nonfinite_at"] is not None for p in per_seed),
-      "exploded_seeds": sum(p["exploded_at"] is not None for p in per_seed),
-      "first_explosion_step": min(
-          (p["exploded_at"] for p in per_seed if p["exploded_at"] is not None), default=None
-      ),
-      "peak_train_median": float(np.median([p["peak_train"] for p in per_seed])),
-      "final_train_median": float(np.median([p["final_train"] for p in per_seed])),
-      "final_val_median": float(np.median(vals)),
-      "final_val_min": float(np.min(vals)),
-      "final_val_max": float(np.max(vals)),
-      "learned": bool(np.median(vals) < 0.5 * trivial),
-      "per_seed": per_seed,
+    "optimizer": name,
+    "nonfinite_seeds": sum(p["nonfinite_at"] is not None for p in per_seed),
+    "exploded_seeds": sum(p["exploded_at"] is not None for p in per_seed),
+    "first_explosion_step": min(
+      (p["exploded_at"] for p in per_seed if p["exploded_at"] is not None), default=None
+    ),
+    "peak_train_median": float(np.median([p["peak_train"] for p in per_seed])),
+    "final_train_median": float(np.median([p["final_train"] for p in per_seed])),
+    "final_val_median": float(np.median(vals)),
+    "final_val_min": float(np.min(vals)),
+    "final_val_max": float(np.max(vals)),
+    "learned": bool(np.median(vals) < 0.5 * trivial),
+    "per_seed": per_seed,
   }
 
 
 def print_table(rows: list[dict], trivial: float, n_seeds: int) -> None:
-  print(f"\nTrivial predictor (training mean) validation loss: {trivial:.3f}."
-        " Exploded: loss ever > 100x trivial (at step: first such step, any seed);"
-        " NaN: loss became non-finite.")
-  print(f"{'optimizer':<38s} {'exploded':>8s} {'at step':>7s} {'NaN':>5s} {'peak loss':>9s}"
-        f" {'train':>8s} {'val':>8s} {'val range':>17s} {'learned':>7s}")
+  print(
+    f"\nTrivial predictor (training mean) validation loss: {trivial:.3f}."
+    " Exploded: loss ever > 100x trivial (at step: first such step, any seed);"
+    " NaN: loss became non-finite."
+  )
+  print(
+    f"{'optimizer':<38s} {'exploded':>8s} {'at step':>7s} {'NaN':>5s} {'peak loss':>9s}"
+    f" {'train':>8s} {'val':>8s} {'val range':>17s} {'learned':>7s}"
+  )
   for r in rows:
     at = "-" if r["first_explosion_step"] is None else str(r["first_explosion_step"])
     rng = f"{r['final_val_min']:.3g}..{r['final_val_max']:.3g}"
-    print(f"{r['optimizer']:<38s} {r['exploded_seeds']:>4d}/{n_seeds:<3d} {at:>7s}"
-          f" {r['nonfinite_seeds']:>3d}/{n_seeds:<1d} {r['peak_train_median']:>9.3g}"
-          f" {r['final_train_median']:>8.3g} {r['final_val_median']:>8.3g} {rng:>17s}"
-          f" {'yes' if r['learned'] else 'no':>7s}")
+    print(
+      f"{r['optimizer']:<38s} {r['exploded_seeds']:>4d}/{n_seeds:<3d} {at:>7s}"
+      f" {r['nonfinite_seeds']:>3d}/{n_seeds:<1d} {r['peak_train_median']:>9.3g}"
+      f" {r['final_train_median']:>8.3g} {r['final_val_median']:>8.3g} {rng:>17s}"
+      f" {'yes' if r['learned'] else 'no':>7s}"
+    )
 
 
 def plot(curves, trivial: float, path: Path, title: str, eval_every: int = 25) -> None:
@@ -300,9 +331,13 @@ def plot(curves, trivial: float, path: Path, title: str, eval_every: int = 25) -
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  panels = [("train_loss", "train loss (minibatch)"), ("val_loss", "validation loss"),
-            ("grad_norm", "gradient norm"), ("update_norm", "update norm"),
-            ("param_norm", "parameter norm")]
+  panels = [
+    ("train_loss", "train loss (minibatch)"),
+    ("val_loss", "validation loss"),
+    ("grad_norm", "gradient norm"),
+    ("update_norm", "update norm"),
+    ("param_norm", "parameter norm"),
+  ]
   fig, axes = plt.subplots(2, 3, figsize=(17, 9))
   axes = axes.ravel()
   cmap = plt.get_cmap("tab10")
@@ -312,7 +347,7 @@ def plot(curves, trivial: float, path: Path, title: str, eval_every: int = 25) -
       y = cv[key]
       x = np.arange(1, y.shape[1] + 1)
       if key == "val_loss":  # evaluated every `eval_every` steps only
-        x, y = x[eval_every - 1::eval_every], y[:, eval_every - 1::eval_every]
+        x, y = x[eval_every - 1 :: eval_every], y[:, eval_every - 1 :: eval_every]
       # A diverged seed (NaN or inf) counts as +inf in the median.
       y = np.median(np.where(np.isfinite(y), y, np.inf), axis=0)
       ax.plot(x, y, style, color=cmap(i % 10), lw=1.2, label=name)
@@ -327,8 +362,10 @@ def plot(curves, trivial: float, path: Path, title: str, eval_every: int = 25) -
   handles, labels = axes[1].get_legend_handles_labels()
   axes[5].legend(handles, labels, loc="center", fontsize=10)
   axes[5].axis("off")
-  fig.suptitle(title + "\n(median over seeds; a curve leaves the plot where the"
-               " median loss is no longer finite)")
+  fig.suptitle(
+    title + "\n(median over seeds; a curve leaves the plot where the"
+    " median loss is no longer finite)"
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=80)
 
@@ -342,34 +379,60 @@ def main(argv=None) -> None:
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--depth", type=int, default=12)
   parser.add_argument("--width", type=int, default=64)
-  parser.add_argument("--tuned-lrs", type=float, nargs="*",
-                      default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
-                      help="learning rates of the tuned-Adam reference")
+  parser.add_argument(
+    "--tuned-lrs",
+    type=float,
+    nargs="*",
+    default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
+    help="learning rates of the tuned-Adam reference",
+  )
   parser.add_argument("--out", type=Path, default=RESULTS / "high_lr_demo")
   args = parser.parse_args(argv)
 
   task = teacher_student_task(0)
   seeds = list(range(args.seeds))
   graphdef, params0 = init_students(
-      seeds, task.x_train.shape[1], task.y_train.shape[1], width=args.width, depth=args.depth
+    seeds, task.x_train.shape[1], task.y_train.shape[1], width=args.width, depth=args.depth
   )
   n_params = sum(x[0].size for x in jax.tree.leaves(params0))
   txs = optimizers(args.speed_limit)
-  print(f"student: {args.depth}-layer ReLU MLP, width {args.width}, {n_params} parameters;"
-        f" {args.seeds} seeds, {args.steps} steps of batch {args.batch}; lr={args.lr:g},"
-        f" speed limit c={args.speed_limit:g}")
+  print(
+    f"student: {args.depth}-layer ReLU MLP, width {args.width}, {n_params} parameters;"
+    f" {args.seeds} seeds, {args.steps} steps of batch {args.batch}; lr={args.lr:g},"
+    f" speed limit c={args.speed_limit:g}"
+  )
   curves = {}
   t0 = time.perf_counter()
   total = args.steps * (len(txs) + len(args.tuned_lrs))
   with tqdm(total=total, unit="step", smoothing=0.1) as bar:
     for name, make_tx in txs.items():
       bar.set_description(name[:28])
-      curves[name] = jax.tree.map(lambda x: x[0], train(
-          graphdef, params0, make_tx, [args.lr], task, steps=args.steps,
-          batch=args.batch, seeds=seeds, bar=bar))
+      curves[name] = jax.tree.map(
+        lambda x: x[0],
+        train(
+          graphdef,
+          params0,
+          make_tx,
+          [args.lr],
+          task,
+          steps=args.steps,
+          batch=args.batch,
+          seeds=seeds,
+          bar=bar,
+        ),
+      )
     bar.set_description("tuned adam")
-    tuned = train(graphdef, params0, optax.adam, args.tuned_lrs, task, steps=args.steps,
-                  batch=args.batch, seeds=seeds, bar=bar)
+    tuned = train(
+      graphdef,
+      params0,
+      optax.adam,
+      args.tuned_lrs,
+      task,
+      steps=args.steps,
+      batch=args.batch,
+      seeds=seeds,
+      bar=bar,
+    )
     for i, lr in enumerate(args.tuned_lrs):
       curves[f"adam lr={lr:g}"] = jax.tree.map(lambda x, i=i: x[i], tuned)
   elapsed = time.perf_counter() - t0
@@ -378,33 +441,42 @@ def main(argv=None) -> None:
   main_rows = [r for r in rows if r["optimizer"] in txs]
   tuned_rows = [r for r in rows if r["optimizer"] not in txs]
   best = min(tuned_rows, key=lambda r: np.nan_to_num(r["final_val_median"], nan=np.inf))
-  print_table([*main_rows, dict(best, optimizer=f"(tuned) {best['optimizer']}")],
-              task.trivial_loss, args.seeds)
+  print_table(
+    [*main_rows, dict(best, optimizer=f"(tuned) {best['optimizer']}")],
+    task.trivial_loss,
+    args.seeds,
+  )
   rel = [r for r in main_rows if r["optimizer"].startswith("relativistic")]
   best_rel = min(rel, key=lambda r: np.nan_to_num(r["final_val_median"], nan=np.inf))
   base = [r for r in main_rows if not r["optimizer"].startswith("relativistic")]
   best_base = min(base, key=lambda r: np.nan_to_num(r["final_val_median"], nan=np.inf))
-  print(f"\nAt lr={args.lr:g} ({elapsed:.0f} s): best relativistic_adam"
-        f" [{best_rel['optimizer']}] val {best_rel['final_val_median']:.3g} | best baseline"
-        f" [{best_base['optimizer']}] val {best_base['final_val_median']:.3g} | tuned Adam"
-        f" [{best['optimizer']}] val {best['final_val_median']:.3g} | trivial predictor"
-        f" {task.trivial_loss:.3g}")
+  print(
+    f"\nAt lr={args.lr:g} ({elapsed:.0f} s): best relativistic_adam"
+    f" [{best_rel['optimizer']}] val {best_rel['final_val_median']:.3g} | best baseline"
+    f" [{best_base['optimizer']}] val {best_base['final_val_median']:.3g} | tuned Adam"
+    f" [{best['optimizer']}] val {best['final_val_median']:.3g} | trivial predictor"
+    f" {task.trivial_loss:.3g}"
+  )
 
   args.out.parent.mkdir(parents=True, exist_ok=True)
-  plot({k: curves[k] for k in [*txs, best["optimizer"]]}, task.trivial_loss,
-       args.out.with_suffix(".png"),
-       f"{args.depth}-layer ReLU MLP, teacher-student regression, lr={args.lr:g}")
+  plot(
+    {k: curves[k] for k in [*txs, best["optimizer"]]},
+    task.trivial_loss,
+    args.out.with_suffix(".png"),
+    f"{args.depth}-layer ReLU MLP, teacher-student regression, lr={args.lr:g}",
+  )
   every = 10  # keep the JSON small: every 10th step of each curve
   payload = {
-      "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-      | {"n_params": n_params, "trivial_loss": task.trivial_loss, "seconds": elapsed},
-      "summary": rows,
-      "curves_every_10_steps_seed0": {
-          k: {m: np.round(v[0, every - 1::every], 5).tolist() for m, v in cv.items()
-              if m != "val_loss"} | {"val_loss_every_25": np.round(
-                  cv["val_loss"][0, 24::25], 5).tolist()}
-          for k, cv in curves.items()
-      },
+    "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    | {"n_params": n_params, "trivial_loss": task.trivial_loss, "seconds": elapsed},
+    "summary": rows,
+    "curves_every_10_steps_seed0": {
+      k: {
+        m: np.round(v[0, every - 1 :: every], 5).tolist() for m, v in cv.items() if m != "val_loss"
+      }
+      | {"val_loss_every_25": np.round(cv["val_loss"][0, 24::25], 5).tolist()}
+      for k, cv in curves.items()
+    },
   }
   text = json.dumps(payload).replace("NaN", "null").replace("Infinity", "null")
   args.out.with_suffix(".json").write_text(text)

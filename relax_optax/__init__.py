@@ -6,10 +6,8 @@ Public API, all importable from the package root:
 - :func:`scale_by_relativistic`: the ``optax.GradientTransformation``.
 - :func:`relativistic_adam`, :func:`relativistic_adamw`: the optimizers.
 - :func:`speed_limit_warmup`: the ``adaptive_speed`` warm-up schedule.
-- :mod:`relax_optax.autodiff`: forward- vs reverse-mode autodiff cost.
 """
 
-from relax_optax import autodiff as autodiff
 from relax_optax._formulas import FORMULAS as FORMULAS
 from relax_optax._formulas import Formula as Formula
 from relax_optax._groups import MODES as MODES
@@ -21,7 +19,7 @@ from relax_optax._schedules import speed_limit_warmup as speed_limit_warmup
 from relax_optax._transform import ScaleByRelativisticState as ScaleByRelativisticState
 from relax_optax._transform import scale_by_relativistic as scale_by_relativistic
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place; pyproject.toml reads it from here
 
 __all__ = (
   "FORMULAS",
@@ -29,7 +27,6 @@ __all__ = (
   "Formula",
   "Mode",
   "ScaleByRelativisticState",
-  "autodiff",
   "relativistic_adam",
   "relativistic_adamw",
   "relativistic_scale",

@@ -1,4 +1,6 @@
-"""Tests for relax_optax.autodiff: hand-written accumulations and measured cost.
+"""Tests for the autodiff comparison: the hand-written accumulations of the textbook
+example (examples/autodiff_modes.py) and the cost measurement of the benchmark
+(benchmarks/autodiff_modes.py).
 
 Gradients are checked against JAX's own transforms and against the derivative
 written out in closed form; costs are checked with XLA's deterministic FLOP
@@ -17,7 +19,8 @@ import pytest
 from absl.testing import parameterized
 from hypothesis import given, settings
 
-from relax_optax import autodiff
+from benchmarks import autodiff_modes as bench
+from examples import autodiff_modes as textbook
 
 
 # Closed-form gradient of f(x1, x2) = exp(x1)·sin(x2)², in float64.
@@ -28,16 +31,16 @@ def _grad_closed_form(x1: float, x2: float) -> tuple[float, float]:
   )
 
 
-_jax_grad = jax.jit(jax.grad(autodiff.textbook_f, argnums=(0, 1)))
-_jax_jvp = jax.jit(lambda x, t: jax.jvp(autodiff.textbook_f, x, t)[1])
-_jax_vjp = jax.jit(lambda x1, x2: jax.vjp(autodiff.textbook_f, x1, x2)[1](jnp.float32(1.0)))
+_jax_grad = jax.jit(jax.grad(textbook.textbook_f, argnums=(0, 1)))
+_jax_jvp = jax.jit(lambda x, t: jax.jvp(textbook.textbook_f, x, t)[1])
+_jax_vjp = jax.jit(lambda x1, x2: jax.vjp(textbook.textbook_f, x1, x2)[1](jnp.float32(1.0)))
 
 ACCUMULATIONS = [
-  ("reverse", autodiff.reverse_accumulation),
-  ("forward_dense", autodiff.forward_accumulation),
+  ("reverse", textbook.reverse_accumulation),
+  ("forward_dense", textbook.forward_accumulation),
   (
     "forward_skip_zeros",
-    lambda x1, x2: autodiff.forward_accumulation(x1, x2, skip_zero_tangents=True),
+    lambda x1, x2: textbook.forward_accumulation(x1, x2, skip_zero_tangents=True),
   ),
 ]
 
@@ -57,7 +60,7 @@ def test_hand_written_gradient_equals_jax(name, accumulate, x1, x2):
   result = accumulate(x1, x2)
   expected = _grad_closed_form(float(x1), float(x2))
   scale = math.exp(float(x1)) * 3.0
-  _close(result.value, float(autodiff.textbook_f(x1, x2)), scale)
+  _close(result.value, float(textbook.textbook_f(x1, x2)), scale)
   _close(result.grad, expected, scale)
   _close(result.grad, _jax_grad(x1, x2), scale)
   _close(result.grad, _jax_vjp(x1, x2), scale)
@@ -68,11 +71,11 @@ def test_hand_written_gradient_equals_jax(name, accumulate, x1, x2):
 
 def test_textbook_value_corrects_the_chapter():
   # The chapter prints f(9, 10) = -2430.9 and c = sin(10)² = -0.30.
-  value = autodiff.textbook_f(9.0, 10.0)
+  value = textbook.textbook_f(9.0, 10.0)
   assert value > 0
   np.testing.assert_allclose(value, math.exp(9) * math.sin(10) ** 2, rtol=1e-6)
   np.testing.assert_allclose(value, 2398.18, atol=0.01)
-  result = autodiff.reverse_accumulation(9.0, 10.0)
+  result = textbook.reverse_accumulation(9.0, 10.0)
   np.testing.assert_allclose(result.grad, (2398.1804, 7397.6720), rtol=1e-6)
 
 
@@ -94,8 +97,8 @@ def test_operation_counts(name, accumulate, expected):
 
 
 def test_chapter_six_versus_seven_is_chain_rule_plus_seeds():
-  reverse = autodiff.reverse_accumulation(9.0, 10.0).ops
-  chapter_forward = autodiff.forward_accumulation(9.0, 10.0, skip_zero_tangents=True).ops
+  reverse = textbook.reverse_accumulation(9.0, 10.0).ops
+  chapter_forward = textbook.forward_accumulation(9.0, 10.0, skip_zero_tangents=True).ops
   assert reverse.accumulation + reverse.seeds == 6
   assert chapter_forward.accumulation + chapter_forward.seeds == 7
   assert reverse.accumulation == chapter_forward.accumulation == 5
@@ -108,7 +111,7 @@ class AccumulationVariantsTest(chex.TestCase):
     x1 = jnp.linspace(-2.0, 2.0, 5)
     x2 = jnp.linspace(3.0, -1.0, 5)
     grad = self.variant(lambda a, b: accumulate(a, b).grad)(x1, x2)
-    expected = jax.vmap(jax.grad(autodiff.textbook_f, argnums=(0, 1)))(x1, x2)
+    expected = jax.vmap(jax.grad(textbook.textbook_f, argnums=(0, 1)))(x1, x2)
     chex.assert_trees_all_close(grad, expected, rtol=1e-5, atol=1e-5)
     chex.assert_shape(grad, [(5,), (5,)])
 
@@ -120,11 +123,11 @@ def test_count_jaxpr_eqns_inlines_nested_jaxprs():
 
   jaxpr = jax.make_jaxpr(fn)(jnp.ones(3))
   assert len(jaxpr.eqns) == 3
-  assert autodiff.count_jaxpr_eqns(jaxpr) == 4
+  assert bench.count_jaxpr_eqns(jaxpr) == 4
 
 
 def test_cost_report_structure():
-  report = autodiff.cost_report(autodiff.fan_in, jnp.ones(8), timing=False)
+  report = bench.cost_report(bench.fan_in, jnp.ones(8), timing=False)
   assert (report.n_inputs, report.n_outputs) == (8, 1)
   assert list(report.costs) == ["f", "jacfwd", "jacrev", "grad"]
   f = report.costs["f"]
@@ -139,19 +142,19 @@ def test_cost_report_structure():
   for name in report.costs:
     assert name in table
 
-  vector = autodiff.cost_report(autodiff.fan_in_fan_out(3), jnp.ones(2), timing=False)
+  vector = bench.cost_report(bench.fan_in_fan_out(3), jnp.ones(2), timing=False)
   assert (vector.n_inputs, vector.n_outputs) == (2, 3)
   assert "grad" not in vector.costs
 
 
 def test_jit_cost_times_the_call():
-  cost = autodiff.jit_cost(jnp.sin, jnp.ones(4), repeats=3, min_time_s=1e-4)
+  cost = bench.jit_cost(jnp.sin, jnp.ones(4), repeats=3, min_time_s=1e-4)
   assert 0 < cost.time_s < 1.0
 
 
 def _ops(fn, n: int) -> dict[str, float]:
   x = jnp.linspace(-1.0, 1.0, n)
-  report = autodiff.cost_report(fn, x, timing=False)
+  report = bench.cost_report(fn, x, timing=False)
   return {name: report.ratio(name) for name in report.costs}
 
 
@@ -159,7 +162,7 @@ SIZES = (4, 16, 64, 256)
 
 
 def test_forward_cost_grows_with_n_reverse_does_not():
-  ratios = [_ops(autodiff.fan_in_fan_out(1), n) for n in SIZES]
+  ratios = [_ops(bench.fan_in_fan_out(1), n) for n in SIZES]
   forward = [r["jacfwd"] for r in ratios]
   reverse = [r["jacrev"] for r in ratios]
   assert all(a < b for a, b in itertools.pairwise(forward)), forward
@@ -170,7 +173,7 @@ def test_forward_cost_grows_with_n_reverse_does_not():
 
 
 def test_reverse_cost_grows_with_m_forward_does_not():
-  ratios = [_ops(autodiff.fan_in_fan_out(m), 1) for m in SIZES]
+  ratios = [_ops(bench.fan_in_fan_out(m), 1) for m in SIZES]
   forward = [r["jacfwd"] for r in ratios]
   reverse = [r["jacrev"] for r in ratios]
   assert all(a < b for a, b in itertools.pairwise(reverse)), reverse
@@ -181,8 +184,8 @@ def test_reverse_cost_grows_with_m_forward_does_not():
 
 def test_crossover_near_n_equals_m():
   n = 32
-  fan_out_heavy = _ops(autodiff.fan_in_fan_out(4 * n), n)  # m = 4n: forward wins.
-  fan_in_heavy = _ops(autodiff.fan_in_fan_out(n // 4), n)  # m = n/4: reverse wins.
+  fan_out_heavy = _ops(bench.fan_in_fan_out(4 * n), n)  # m = 4n: forward wins.
+  fan_in_heavy = _ops(bench.fan_in_fan_out(n // 4), n)  # m = n/4: reverse wins.
   assert fan_out_heavy["jacfwd"] < fan_out_heavy["jacrev"]
   assert fan_in_heavy["jacrev"] < fan_in_heavy["jacfwd"]
 
@@ -191,7 +194,7 @@ def test_crossover_near_n_equals_m():
 def test_cheap_gradient_principle(n):
   # Griewank & Walther: a reverse-mode gradient costs a small constant
   # multiple of f, independent of n.
-  ratio = _ops(autodiff.fan_in, n)["grad"]
+  ratio = _ops(bench.fan_in, n)["grad"]
   assert 1 <= ratio <= 5, ratio
 
 
@@ -206,7 +209,7 @@ def test_fan_in_fan_out_jacobian_matches_closed_form():
     t * np.cos(t * s) * np.sin(s + t) ** 2 + 2 * np.sin(s + t) * np.cos(s + t)
   )
   expected = np.outer(dy_ds, ds_dx)
-  fn = autodiff.fan_in_fan_out(m)
+  fn = bench.fan_in_fan_out(m)
   xs = jnp.asarray(x, jnp.float32)
   np.testing.assert_allclose(fn(xs), np.exp(np.sin(t * s)) * np.sin(s + t) ** 2, rtol=1e-5)
   for jac in (jax.jacfwd(fn), jax.jacrev(fn)):
@@ -214,9 +217,49 @@ def test_fan_in_fan_out_jacobian_matches_closed_form():
 
 
 def test_fan_out_stays_finite_and_validates_m():
-  y = autodiff.fan_in_fan_out(16)(jnp.full((32,), 10.0))
+  y = bench.fan_in_fan_out(16)(jnp.full((32,), 10.0))
   chex.assert_shape(y, (16,))
   chex.assert_tree_all_finite(y)
   assert float(jnp.max(y)) <= math.e + 1e-4
   with pytest.raises(ValueError, match="m must be >= 1"):
-    autodiff.fan_in_fan_out(0)
+    bench.fan_in_fan_out(0)
+
+
+def test_cost_report_without_transcendentals_has_finite_ratios():
+  # XLA leaves the "transcendentals" key out of its cost analysis when there are none;
+  # a missing counter is 0 (it used to make ops = flops + nan, every ratio nan).
+  def polynomial(x):
+    return jnp.sum(x * x + 3.0 * x)
+
+  report = bench.cost_report(polynomial, jnp.ones(16), timing=False)
+  for name, cost in report.costs.items():
+    assert cost.transcendentals == 0, name
+    assert cost.flops > 0, name
+    assert math.isfinite(report.ratio(name)), name
+
+
+@pytest.mark.parametrize(
+  "output",
+  [
+    lambda x: {"y": jnp.sum(x, keepdims=True)},  # a dict holding a (1,) array
+    lambda x: (jnp.sum(x).reshape(1, 1), jnp.zeros((0,))),  # one element in all
+    lambda x: [jnp.sum(jnp.sin(x))],
+  ],
+)
+def test_cost_report_on_pytree_output_with_one_element(output):
+  # It used to call jnp.reshape on the whole output, which fails on a dict or tuple.
+  x = jnp.linspace(-1.0, 1.0, 5)
+  report = bench.cost_report(output, x, timing=False)
+  assert (report.n_inputs, report.n_outputs) == (5, 1)
+  assert "grad" in report.costs
+  for name in report.costs:
+    assert math.isfinite(report.ratio(name)), name
+
+
+def test_walkthrough_prints_every_step(capsys):
+  runs = textbook.main(["--x1", "9", "--x2", "10"])
+  printed = capsys.readouterr().out
+  for run in runs.values():
+    for step in run.steps:
+      assert step in printed
+  assert "reverse 5+1 = 6, chapter-style forward 5+2 = 7" in printed

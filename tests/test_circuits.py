@@ -1,10 +1,8 @@
-"""Tests for examples/circuits.py: the Flax NNX mathematical-circuit tasks."""
+"""Tests for examples/circuits.py (the Flax NNX mathematical-circuit tasks) and its
+harness benchmarks/circuits.py."""
 
-import importlib.util
 import itertools
 import json
-import pathlib
-import sys
 
 import chex
 import jax
@@ -16,13 +14,11 @@ pytest.importorskip("flax")
 
 from flax import nnx
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "circuits.py"
-_spec = importlib.util.spec_from_file_location("circuits", _PATH)
-circuits = importlib.util.module_from_spec(_spec)
-sys.modules["circuits"] = circuits
-_spec.loader.exec_module(circuits)
+from benchmarks import circuits as harness
+from examples import circuits
 
 TASKS = circuits.TASKS
+NOTEBOOK = circuits.NOTEBOOK
 
 
 def _keys(seed=0):
@@ -56,13 +52,16 @@ def test_init_notebook_loads_the_printed_weights(name):
   task = TASKS[name]
   model = circuits.make_model(task, "notebook")
   assert [k.shape for k in circuits.kernels(model)] == [
-      (a, b) for a, b in itertools.pairwise(task.sizes)]
-  for got, printed in zip(circuits.kernels(model), task.init, strict=True):
+    (a, b) for a, b in itertools.pairwise(task.sizes)
+  ]
+  for got, printed in zip(circuits.kernels(model), NOTEBOOK[name].init, strict=True):
     np.testing.assert_array_equal(got, np.asarray(printed, np.float32))
   # The notebook's "Starting Loss" (on its own 1000 test points) is matched by ours on
   # 100k points up to its sampling error and the 4-decimal rounding of the weights.
   xt, yt = circuits.test_set(task, jax.random.key(0), n=100_000)
-  np.testing.assert_allclose(float(circuits.mse(model, xt, yt)), task.start_loss, rtol=0.08)
+  np.testing.assert_allclose(
+    float(circuits.mse(model, xt, yt)), NOTEBOOK[name].start_loss, rtol=0.08
+  )
 
 
 def test_exact_min_construction_has_zero_error():
@@ -94,9 +93,16 @@ def test_short_run_learns_identity():
   task = TASKS["identity"]
   data_key, test_key = _keys()
   tx = circuits.make_optimizer("adam", 1e-2)
-  result = circuits.train([circuits.make_model(task, "notebook")], task, tx, 3000,
-                          data_key=data_key, test_key=test_key, batch_size=256,
-                          log_every=3000)
+  result = circuits.train(
+    [circuits.make_model(task, "notebook")],
+    task,
+    tx,
+    3000,
+    data_key=data_key,
+    test_key=test_key,
+    batch_size=256,
+    log_every=3000,
+  )
   assert result.steps == [0, 3000]
   assert result.test_mse[0, 0] > 0.1
   assert result.test_mse[0, -1] < 1e-4
@@ -113,11 +119,11 @@ def test_chunked_scan_equals_plain_per_step_nnx_loop(optimizer):
   slow = circuits.make_model(task, "random", seed=2)
   start = circuits.kernels(slow)
   losses = circuits.train_simple(slow, task, tx, steps, data_key=data_key, batch_size=64)
-  circuits.train([fast], task, tx, steps, data_key=data_key, test_key=test_key,
-                 batch_size=64, log_every=steps)
+  circuits.train(
+    [fast], task, tx, steps, data_key=data_key, test_key=test_key, batch_size=64, log_every=steps
+  )
   assert losses[-1] < losses[0]
-  moved = max(np.max(np.abs(a - b)) for a, b in zip(circuits.kernels(slow), start,
-                                                     strict=True))
+  moved = max(np.max(np.abs(a - b)) for a, b in zip(circuits.kernels(slow), start, strict=True))
   assert moved > 1e-2  # the comparison below is not vacuous
   for a, b in zip(circuits.kernels(fast), circuits.kernels(slow), strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
@@ -128,14 +134,28 @@ def test_vmap_over_seeds_equals_training_each_alone():
   data_key, test_key = _keys(4)
   tx = circuits.make_optimizer("relativistic_adam", 1e-2, speed_limit=5e-3)
   steps, seeds = 2 * circuits.CHUNK + 3, [0, 1]
-  together = circuits.train([circuits.make_model(task, "random", s) for s in seeds], task,
-                            tx, steps, data_key=data_key, test_key=test_key, batch_size=128,
-                            log_every=steps)
+  together = circuits.train(
+    [circuits.make_model(task, "random", s) for s in seeds],
+    task,
+    tx,
+    steps,
+    data_key=data_key,
+    test_key=test_key,
+    batch_size=128,
+    log_every=steps,
+  )
   assert together.test_mse.shape == (2, 2)
   for i, s in enumerate(seeds):
-    alone = circuits.train([circuits.make_model(task, "random", s)], task, tx, steps,
-                           data_key=data_key, test_key=test_key, batch_size=128,
-                           log_every=steps)
+    alone = circuits.train(
+      [circuits.make_model(task, "random", s)],
+      task,
+      tx,
+      steps,
+      data_key=data_key,
+      test_key=test_key,
+      batch_size=128,
+      log_every=steps,
+    )
     np.testing.assert_allclose(together.test_mse[i], alone.test_mse[0], rtol=1e-4)
     for a, b in zip(together.kernels, alone.kernels, strict=True):
       np.testing.assert_allclose(a[i], b[0], rtol=1e-5, atol=1e-6)
@@ -143,10 +163,45 @@ def test_vmap_over_seeds_equals_training_each_alone():
   assert not np.allclose(together.kernels[0][0], together.kernels[0][1])
 
 
-def test_command_line_runs_and_writes_json(tmp_path, capsys):
+def test_notebook_data_file_matches_the_tasks():
+  assert set(NOTEBOOK) == set(TASKS)
+  for name, task in TASKS.items():
+    nb = NOTEBOOK[name]
+    assert [np.shape(k) for k in nb.init] == list(itertools.pairwise(task.sizes))
+    assert nb.losses[0] < nb.start_loss * 1.01  # the first print, after one update
+    assert circuits.notebook_loss_at(task, 0) == nb.losses[0]
+    assert circuits.notebook_loss_at(task, 1) is None
+  assert len(NOTEBOOK["min"].losses) == 35 and NOTEBOOK["min"].final is None
+  assert NOTEBOOK["identity"].final[1] == [[-1.0872], [0.9957]]
+
+
+def test_example_command_line_prints_the_notebook_comparison(capsys):
+  # Fewer steps than a chunk: the chunked scan (slow to compile) is tested above.
+  results = circuits.main(["--task", "identity", "--steps", "10", "--log-every", "5", "--no-pin"])
+  printed = capsys.readouterr().out
+  assert "XLA device: CPU" in printed
+  assert [r.steps for r in results] == [[0, 5, 10]]
+  assert "(notebook: 0.4506)" in printed  # the notebook's print at step 0, next to ours
+  assert "| identity | 10 |" in printed
+
+
+def test_harness_command_line_runs_and_writes_json(tmp_path, capsys):
   out = tmp_path / "r.json"
-  circuits.main(["--task", "negation", "--steps", "40", "--log-every", "20", "--no-pin",
-                 "--optimizer", "relativistic_adam", "--json", str(out)])
+  harness.main(
+    [
+      "--task",
+      "negation",
+      "--steps",
+      "40",
+      "--log-every",
+      "20",
+      "--no-pin",
+      "--optimizer",
+      "relativistic_adam",
+      "--json",
+      str(out),
+    ]
+  )
   printed = capsys.readouterr().out
   assert "XLA device: CPU" in printed
   data = json.loads(out.read_text())
@@ -154,5 +209,32 @@ def test_command_line_runs_and_writes_json(tmp_path, capsys):
   r = data["tasks"]["negation"]
   assert r["steps"] == [0, 20, 40]
   # Step 0 is the notebook's printed initialisation, before any update.
-  np.testing.assert_allclose(np.asarray(r["kernels"][0])[0],
-                             np.asarray(TASKS["negation"].init[0]), atol=0.05)
+  np.testing.assert_allclose(
+    np.asarray(r["kernels"][0])[0], np.asarray(NOTEBOOK["negation"].init[0]), atol=0.05
+  )
+
+
+def test_harness_seeds_plot_and_json_overlay(tmp_path, capsys):
+  pytest.importorskip("matplotlib")
+  out = tmp_path / "s.json"
+  harness.main(
+    [
+      "--task",
+      "add",
+      "--seeds",
+      "2",
+      "--steps",
+      "8",
+      "--log-every",
+      "8",
+      "--no-pin",
+      "--json",
+      str(out),
+      "--plot",
+      str(tmp_path / "s.png"),
+    ]
+  )
+  assert "| add | 8 |" in capsys.readouterr().out
+  assert json.loads(out.read_text())["seeds"] == 2
+  harness.main(["--plot-json", str(out), "--plot", str(tmp_path / "o.png")])
+  assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "o.png").stat().st_size > 0

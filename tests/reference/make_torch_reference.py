@@ -47,43 +47,85 @@ OUT_DIR = pathlib.Path(__file__).resolve().parent
 
 # (name, optimizer class, constructor kwargs, gradient stream kwargs).
 CASES = [
-    ("per_param", "RelativisticAdam",
-     dict(lr=0.05, speed_limit=0.085, relativistic_mode="per_param"),
-     dict(seed=1)),
-    # The original's "global" takes the norm tensor by tensor.
-    ("global", "RelativisticAdam",
-     dict(lr=0.03, speed_limit=0.06, relativistic_mode="global"),
-     dict(seed=2)),
-    ("per_component", "RelativisticAdam",
-     dict(lr=0.05, speed_limit=0.025, relativistic_mode="per_component"),
-     dict(seed=3)),
-    ("per_component_betas", "RelativisticAdam",
-     dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, speed_limit=0.012,
-          relativistic_mode="per_component"),
-     dict(seed=4)),
-    ("adaptive_speed", "RelativisticAdam",
-     dict(lr=0.05, speed_limit=0.15, relativistic_mode="per_param",
-          adaptive_speed=True, speed_warmup_steps=8),
-     dict(seed=5)),
-    ("weight_decay", "RelativisticAdam",
-     dict(lr=0.05, speed_limit=0.1, weight_decay=0.1, relativistic_mode="per_param"),
-     dict(seed=6)),
-    ("amsgrad", "RelativisticAdam",
-     dict(lr=0.05, speed_limit=0.1, amsgrad=True, relativistic_mode="per_param"),
-     dict(seed=7, decay=0.9)),
-    ("adamw", "RelativisticAdamW",
-     dict(lr=0.05, speed_limit=0.1, weight_decay=0.5, relativistic_mode="per_param"),
-     dict(seed=8)),
-    ("adamw_amsgrad_per_component_adaptive", "RelativisticAdamW",
-     dict(lr=0.05, speed_limit=0.03, weight_decay=0.2, amsgrad=True,
-          relativistic_mode="per_component", adaptive_speed=True,
-          speed_warmup_steps=5),
-     dict(seed=9, decay=0.93)),
-    # Gradients of order 1e-6, as in deep networks: here eps = 1e-8 is not
-    # negligible, and where it is added (before or after bias correction) shows.
-    ("small_gradients", "RelativisticAdam",
-     dict(lr=0.01, speed_limit=0.02, relativistic_mode="per_param"),
-     dict(seed=10, scale=1e-6)),
+  (
+    "per_param",
+    "RelativisticAdam",
+    dict(lr=0.05, speed_limit=0.085, relativistic_mode="per_param"),
+    dict(seed=1),
+  ),
+  # The original's "global" takes the norm tensor by tensor.
+  (
+    "global",
+    "RelativisticAdam",
+    dict(lr=0.03, speed_limit=0.06, relativistic_mode="global"),
+    dict(seed=2),
+  ),
+  (
+    "per_component",
+    "RelativisticAdam",
+    dict(lr=0.05, speed_limit=0.025, relativistic_mode="per_component"),
+    dict(seed=3),
+  ),
+  (
+    "per_component_betas",
+    "RelativisticAdam",
+    dict(
+      lr=0.02, betas=(0.8, 0.99), eps=1e-6, speed_limit=0.012, relativistic_mode="per_component"
+    ),
+    dict(seed=4),
+  ),
+  (
+    "adaptive_speed",
+    "RelativisticAdam",
+    dict(
+      lr=0.05,
+      speed_limit=0.15,
+      relativistic_mode="per_param",
+      adaptive_speed=True,
+      speed_warmup_steps=8,
+    ),
+    dict(seed=5),
+  ),
+  (
+    "weight_decay",
+    "RelativisticAdam",
+    dict(lr=0.05, speed_limit=0.1, weight_decay=0.1, relativistic_mode="per_param"),
+    dict(seed=6),
+  ),
+  (
+    "amsgrad",
+    "RelativisticAdam",
+    dict(lr=0.05, speed_limit=0.1, amsgrad=True, relativistic_mode="per_param"),
+    dict(seed=7, decay=0.9),
+  ),
+  (
+    "adamw",
+    "RelativisticAdamW",
+    dict(lr=0.05, speed_limit=0.1, weight_decay=0.5, relativistic_mode="per_param"),
+    dict(seed=8),
+  ),
+  (
+    "adamw_amsgrad_per_component_adaptive",
+    "RelativisticAdamW",
+    dict(
+      lr=0.05,
+      speed_limit=0.03,
+      weight_decay=0.2,
+      amsgrad=True,
+      relativistic_mode="per_component",
+      adaptive_speed=True,
+      speed_warmup_steps=5,
+    ),
+    dict(seed=9, decay=0.93),
+  ),
+  # Gradients of order 1e-6, as in deep networks: here eps = 1e-8 is not
+  # negligible, and where it is added (before or after bias correction) shows.
+  (
+    "small_gradients",
+    "RelativisticAdam",
+    dict(lr=0.01, speed_limit=0.02, relativistic_mode="per_param"),
+    dict(seed=10, scale=1e-6),
+  ),
 ]
 
 
@@ -158,18 +200,18 @@ def run_case(name: str, cls_name: str, kwargs: dict, stream: dict) -> None:
     raise RuntimeError(f"{name}: a group at |‖u‖/c - 1| < {MIN_MARGIN}: {ratios}")
 
   meta = {
-      "case": name,
-      "optimizer": cls_name,
-      "kwargs": kwargs,
-      "gradient_stream": stream,
-      "steps": STEPS,
-      "coverage": ratios,
-      "versions": {
-          "relativistic-adam": metadata.version("relativistic-adam"),
-          "torch": torch.__version__,
-          "numpy": np.__version__,
-          "python": platform.python_version(),
-      },
+    "case": name,
+    "optimizer": cls_name,
+    "kwargs": kwargs,
+    "gradient_stream": stream,
+    "steps": STEPS,
+    "coverage": ratios,
+    "versions": {
+      "relativistic-adam": metadata.version("relativistic-adam"),
+      "torch": torch.__version__,
+      "numpy": np.__version__,
+      "python": platform.python_version(),
+    },
   }
   arrays = {"meta": np.array(json.dumps(meta, sort_keys=True))}
   for n in SHAPES:
@@ -178,8 +220,10 @@ def run_case(name: str, cls_name: str, kwargs: dict, stream: dict) -> None:
     arrays[f"params/{n}"] = np.stack(trajectory[n])
   path = OUT_DIR / f"{name}.npz"
   np.savez_compressed(path, **arrays)
-  print(f"{path.name:45s} below={ratios['below']:5d} above={ratios['above']:5d}"
-        f" mixed={ratios['mixed_tensor_steps']:3d} margin={ratios['margin']:.2e}")
+  print(
+    f"{path.name:45s} below={ratios['below']:5d} above={ratios['above']:5d}"
+    f" mixed={ratios['mixed_tensor_steps']:3d} margin={ratios['margin']:.2e}"
+  )
 
 
 def main() -> None:

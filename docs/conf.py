@@ -1,0 +1,102 @@
+"""Sphinx configuration: MyST Markdown pages, autodoc/autosummary API, sphinx-book-theme.
+
+Build (from the repository root)::
+
+  pip install -e ".[docs]"
+  sphinx-build -W -n -b html docs docs/_build/html      # the site
+  sphinx-build -W -n -b doctest docs docs/_build/doctest  # run the pages' code blocks
+"""
+
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS.parent))  # relax_optax, examples, benchmarks from this checkout
+sys.path.insert(0, str(DOCS / "_ext"))
+
+import relax_optax  # noqa: E402
+
+project = "relax_optax"
+author = "the relax_optax authors"
+copyright = "the relax_optax authors, Apache-2.0"
+release = relax_optax.__version__
+version = release
+
+extensions = [
+  "myst_parser",
+  "sphinx.ext.autodoc",
+  "sphinx.ext.autosummary",
+  "sphinx.ext.doctest",
+  "sphinx.ext.mathjax",
+  "sphinx.ext.napoleon",
+  "sphinx.ext.viewcode",
+  "results_tables",  # docs/_ext: the results pages' tables, read from benchmarks/results
+]
+
+source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
+root_doc = "index"
+# readme_sections/: README snippets for the repository's README, not pages of the site.
+exclude_patterns = ["_build", "readme_sections", "Thumbs.db", ".DS_Store"]
+
+# MyST: ``` {testcode} blocks run under the doctest builder; $...$ maths; heading anchors
+# so that [text](#some-heading) and [text](page.md#some-heading) resolve.
+myst_enable_extensions = ["colon_fence", "dollarmath", "deflist"]
+myst_heading_anchors = 3
+
+# API reference: autosummary writes one page per public name (docs/api/_autosummary).
+autosummary_generate = True
+templates_path = ["_templates"]  # a class page documents its own members, not tuple's
+autodoc_typehints = "signature"
+autodoc_member_order = "bysource"
+# Keep the ecosystem's type names as written (the core uses `from __future__ import
+# annotations`), instead of expanding e.g. ArrayLike into a ten-member Union.
+autodoc_type_aliases = {
+  name: name
+  for name in [
+    "jax.typing.ArrayLike",
+    "jax.Array",
+    "optax.ScalarOrSchedule",
+    "optax.Schedule",
+    "optax.Updates",
+    "optax.GradientTransformation",
+    "Mode",
+    "Formula",
+    "BiasCorrection",
+  ]
+}
+autodoc_default_options = {"members": True, "undoc-members": False}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+
+# Names that appear in type hints and that no inventory resolves.
+nitpick_ignore_regex = [
+  (r"py:.*", r"(optax|chex|jax|jaxtyping|numpy|np)\..*"),
+  (r"py:.*", r"(ArrayLike|DTypeLike|Array|PyTree|Params|Updates|ScalarOrSchedule)"),
+  (r"py:.*", r"(Any|Callable|NamedTuple|Sequence|Mapping|collections\.abc\..*|typing\..*)"),
+  (r"py:.*", r"(Mode|Formula|BiasCorrection|AxisName)"),  # Literal aliases of the core
+  (r"py:class", r"relax_optax\._\w+\..*"),
+]
+
+# The doctest builder runs ``{testcode}``/``{doctest}`` blocks of the pages and the
+# ``>>>`` examples of the API docstrings (pytest --doctest-modules runs those too).
+doctest_global_setup = """
+import jax
+import jax.numpy as jnp
+import optax
+import relax_optax
+"""
+
+html_theme = "sphinx_book_theme"
+html_title = f"relax_optax {release}"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+html_theme_options = {
+  "navbar_persistent": [],  # one search box (the sidebar's), not a second in a top bar
+  "show_toc_level": 2,
+  "navigation_with_keys": False,
+  "use_download_button": False,
+  "use_fullscreen_button": False,
+  "home_page_in_toc": True,
+}
+html_show_sourcelink = False
