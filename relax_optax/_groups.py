@@ -138,12 +138,15 @@ def scale_leaves(
   formula: str,
   axis_name: AxisName | None = None,
   norm_sources: Sequence[jax.Array] | None = None,
-) -> list[jax.Array]:
+  *,
+  return_q: bool = False,
+) -> list[jax.Array] | tuple[list[jax.Array], list[jax.Array]]:
   """The scaling of a list of arrays (the array leaves of an update pytree).
 
   Args:
     leaves: floating-point or complex arrays ``u``.
-    speed_limit: ``c``, a scalar (may be traced).
+    speed_limit: ``c``, a scalar (may be traced); or, except in ``global``
+      mode, a sequence of one scalar per leaf (a limit for each group).
     mode: one of :data:`MODES`.
     formula: one of :data:`FORMULAS`.
     axis_name: as in :func:`relativistic_scale`.
@@ -154,9 +157,12 @@ def scale_leaves(
       a separate expression for the norm (``relativistic_adam`` takes it from
       Adam's moments) leaves ``u`` one consumer, fused into the parameter
       update.
+    return_q: also return each group's ``q = Σ min(|u/c|, 2^40)²`` (one for
+      ``global``, one per leaf for ``per_param``; not for ``per_component``),
+      from which ``‖u‖ = c·sqrt(q)`` and ``‖v‖ = c·sqrt(q)·f(q)`` follow.
 
   Returns:
-    The scaled arrays, each of its leaf's dtype.
+    The scaled arrays, each of its leaf's dtype (and the list of ``q``).
   """
   if not leaves:
     return []
@@ -165,11 +171,20 @@ def scale_leaves(
       raise TypeError(f"updates must be floating-point or complex arrays, got dtype {u.dtype}.")
   dtype = jnp.result_type(jnp.float32, *(u.dtype for u in leaves))  # norms in >= float32
   real = jnp.finfo(dtype).dtype
-  limit = _limit(speed_limit, real)
-  z = [_clamp(u.astype(dtype), limit.bound) for u in leaves]
+  if isinstance(speed_limit, (list, tuple)):
+    if mode == "global" or len(speed_limit) != len(leaves):
+      raise ValueError("a sequence of speed limits needs one per leaf, and not mode='global'.")
+    limits = [_limit(c, real) for c in speed_limit]
+  else:
+    limits = [_limit(speed_limit, real)] * len(leaves)
+  z = [_clamp(u.astype(dtype), lim.bound) for u, lim in zip(leaves, limits, strict=True)]
 
   if mode == "per_component":
-    out = [zi * speed_factor(_abs2(zi * limit.inv_c), formula) for zi in z]
+    if return_q:
+      raise ValueError("return_q is not available for mode='per_component'.")
+    out = [
+      zi * speed_factor(_abs2(zi * lim.inv_c), formula) for zi, lim in zip(z, limits, strict=True)
+    ]
   else:
     # min(|u/c|, B)²: the same values as |z/c|², written with operations
     # that XLA:CPU fuses into its reduction kernels (a clip is not one of
@@ -178,18 +193,19 @@ def scale_leaves(
     # overflows for c < 1e-19.
     sources = leaves if norm_sources is None else norm_sources
     sums = [
-      jnp.sum(jnp.square(jnp.minimum(jnp.abs(s.astype(dtype) * limit.inv_c), _CLAMP)))
-      for s in sources
+      jnp.sum(jnp.square(jnp.minimum(jnp.abs(s.astype(dtype) * lim.inv_c), _CLAMP)))
+      for s, lim in zip(sources, limits, strict=True)
     ]
     sharded = _sharded_flags(leaves, axis_name)
     if mode == "global":
-      f = speed_factor(_group_sum(sums, sharded, axis_name), formula)
+      qs = [_group_sum(sums, sharded, axis_name)]
+      f = speed_factor(qs[0], formula)
       out = [zi * f for zi in z]
     else:
-      out = [
-        zi * speed_factor(_group_sum([s], [f], axis_name), formula)
-        for zi, s, f in zip(z, sums, sharded, strict=True)
-      ]
+      qs = [_group_sum([s], [f], axis_name) for s, f in zip(sums, sharded, strict=True)]
+      out = [zi * speed_factor(q, formula) for zi, q in zip(z, qs, strict=True)]
+    if return_q:
+      return [v.astype(u.dtype) for u, v in zip(leaves, out, strict=True)], qs
   return [v.astype(u.dtype) for u, v in zip(leaves, out, strict=True)]
 
 
