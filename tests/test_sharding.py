@@ -388,6 +388,61 @@ def check_shard_map_axis_name_reduces_global_norm():
 
 
 @_check
+def check_relativistic_adam_axis_name_in_shard_map():
+  """``relativistic_adam(axis_name=...)`` inside ``shard_map`` equals one device.
+
+  Both ways of taking the norms (from Adam's moments, and the plain chain),
+  ``global`` and ``per_param``, with AdamW's decoupled decay and a schedule.
+  """
+  import chex
+  import jax
+  import optax
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  import relax_optax
+
+  mesh = _mesh((8,), ("fsdp",))
+  specs = _fsdp_specs()
+  params = _uneven_updates()
+  for mode in ("global", "per_param"):
+    for from_moments in (True, False):
+      kwargs = dict(
+        learning_rate=optax.linear_schedule(0.05, 0.01, 4),
+        speed_limit=0.05,
+        mode=mode,
+        weight_decay=0.1,
+        norms_from_moments=from_moments,
+      )
+      single = relax_optax.relativistic_adamw(**kwargs)
+      multi = relax_optax.relativistic_adamw(**kwargs, axis_name="fsdp")
+      state1 = single.init(params)
+      staten = jax.tree.map(
+        lambda x: jax.device_put(x, NamedSharding(mesh, P("fsdp") if x.ndim else P())),
+        state1,
+      )
+      state_specs = jax.tree.map(lambda x: x.sharding.spec, staten)
+      step = jax.jit(
+        jax.shard_map(
+          multi.update,
+          mesh=mesh,
+          in_specs=(specs, state_specs, specs),
+          out_specs=(specs, state_specs),
+        )
+      )
+      p1 = params
+      pn = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
+      for i in range(3):
+        grads = jax.tree.map(lambda u, i=i: u * (i + 1.0), params)
+        grads_n = jax.device_put(grads, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
+        u1, state1 = single.update(grads, state1, p1)
+        un, staten = step(grads_n, staten, pn)
+        chex.assert_trees_all_close(un, u1, rtol=2e-5, atol=1e-8)
+        p1, pn = optax.apply_updates(p1, u1), optax.apply_updates(pn, un)
+      chex.assert_trees_all_close(pn, p1, rtol=2e-5, atol=1e-7)
+
+
+@_check
 def check_shard_map_without_axis_name_uses_each_shards_norm():
   """Without ``axis_name`` each device scales its shard by the shard's norm."""
   import chex
