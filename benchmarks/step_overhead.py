@@ -321,6 +321,7 @@ def summarise(rows, names, args) -> None:
     "rounds": args.rounds,
     "targets": TARGETS,
     "cpu_affinity": sorted(os.sched_getaffinity(0)),
+    "shared_scalars": shared_scalars(args.rounds),
   }
   args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
   with args.out.with_suffix(".csv").open("w", newline="") as f:
@@ -331,6 +332,54 @@ def summarise(rows, names, args) -> None:
   plot(rows, names, args.out.with_suffix(".png"))
   headline = ", ".join(f"{m} {worst[m]:.2f}x (target {TARGETS[m]:.2f}x)" for m in TARGETS)
   print(f"\nWorst ratio to optax.adam at {largest:.0e} entries: {headline}")
+
+
+def shared_scalars(rounds: int, leaves: int = 4, shape=(2500, 1000)) -> dict[str, float]:
+  """What ``relax_optax._groups.isolate`` buys on XLA:CPU (printed and returned).
+
+  The reduction ``relativistic_adam`` runs for its norms, one per leaf, over
+  ``leaves`` leaves of one shape (1e7 entries): with its scalars shared by the
+  leaves, XLA materialises their broadcasts as leaf-sized buffers read by
+  every reduction; with each leaf's scalars behind its own barrier it does not.
+  """
+  from relax_optax._groups import isolate
+
+  def make(isolated: bool):
+    def f(ms, vs, k, e):
+      out = []
+      for m, v in zip(ms, vs, strict=True):
+        kk, ee, bb = k, e, jnp.float32(2.0**40)
+        if isolated:
+          (kk, ee, bb), m, v = isolate(((kk, ee, bb), m, v))
+        t = kk * m / (jnp.sqrt(v) + ee)
+        out.append(jnp.sum(jnp.square(jnp.minimum(jnp.abs(t), bb))))
+      return out
+
+    return jax.jit(f)
+
+  ms = [jnp.full(shape, i + 1.0) for i in range(leaves)]
+  vs = [jnp.ones(shape)] * leaves
+  args = (ms, vs, jnp.float32(3.0), jnp.float32(1e-8))
+  fns = {"shared": make(False), "isolated": make(True)}
+  out = {}
+  for name, fn in fns.items():
+    out[f"{name}_temp_mb"] = fn.lower(*args).compile().memory_analysis().temp_size_in_bytes / 1e6
+    jax.block_until_ready(fn(*args))
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append(time.perf_counter() - t0)
+  for name in fns:
+    out[f"{name}_ms"] = float(np.median(times[name]) * 1e3)
+  print(
+    f"\nShared scalars (the norms' reduction, {leaves} leaves of {shape}): shared"
+    f" {out['shared_ms']:.2f} ms ({out['shared_temp_mb']:.0f} MB scratch), isolated per leaf"
+    f" {out['isolated_ms']:.2f} ms ({out['isolated_temp_mb']:.0f} MB):"
+    f" {out['shared_ms'] / out['isolated_ms']:.2f}x"
+  )
+  return out
 
 
 def plot(rows, names, path: Path) -> None:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from relax_optax._groups import NormSource, isolate
 from relax_optax._validation import concrete_float
 
 
@@ -100,7 +101,7 @@ def step_size_correction(
 
 def norm_sources(
   spec: AdamSpec, grads: list[jax.Array], state: Any, scale: jax.Array
-) -> list[jax.Array] | None:
+) -> list[NormSource] | None:
   """``scale · u`` leaf by leaf, from Adam's new state; ``None`` if not covered.
 
   Args:
@@ -110,8 +111,8 @@ def norm_sources(
     scale: the scalar the learning rate multiplied ``u`` by (``-lr``).
 
   Returns:
-    One array per leaf of ``grads`` equal to the update up to rounding, or
-    ``None`` when the state's leaves do not line up with ``grads``.
+    One :data:`NormSource` per leaf of ``grads``, or ``None`` when the state's
+    leaves do not line up with ``grads``.
   """
   mus = jax.tree.leaves(state.mu)
   nus = jax.tree.leaves(state.nu_max if spec.amsgrad else state.nu)
@@ -121,6 +122,7 @@ def norm_sources(
     return None
   b1, b2, eps, eps_root = spec.b1, spec.b2, spec.eps, spec.eps_root
   count = state.count
+  alpha = beta = None
   if spec.kind == "adam":
     # m̂ / (sqrt(ν̂ + r) + e) with m̂ = m·i1, ν̂ = ν·i2 (i = 1/(1 - b^t))
     #   = (i1/sqrt(i2)) · m / (sqrt(ν + r/i2) + e/sqrt(i2)).
@@ -132,7 +134,6 @@ def norm_sources(
       # m̂ = b1·m·i1(t+1) + (1 - b1)·g·i1(t).
       alpha = b1 * _inverse_correction(b1, optax.safe_increment(count))
       beta = (1 - b1) * i1
-      mus = [alpha * _wide(m) + beta * _wide(g) for m, g in zip(mus, grads, strict=True)]
       rho = 1 / root_i2
   else:
     # "amsgrad": m̂ / (sqrt(max ν̂ + r) + e); "step_size": k · m / (sqrt(ν + r) + e).
@@ -146,8 +147,28 @@ def norm_sources(
     )
     r = 0 if _is_python_zero(eps_root) else 4 * eps_root
     rho, d, e = 2 * k, 4.0, 2 * eps
-  factor = jnp.asarray(rho * scale, jnp.float32)
-  return [
-    factor * _wide(m) / (jnp.sqrt(_affine(_wide(v), d, r)) + e)
-    for m, v in zip(mus, nus, strict=True)
-  ]
+  scalars = {
+    "factor": jnp.asarray(rho * scale, jnp.float32),
+    "e": jnp.asarray(e, jnp.float32),
+    **({} if _is_python_zero(r) else {"r": jnp.asarray(r, jnp.float32)}),
+    **({} if alpha is None else {"alpha": alpha, "beta": beta}),
+  }
+
+  def source(m: jax.Array, v: jax.Array, g: jax.Array) -> NormSource:
+    def in_units_of_c(inv_c: jax.Array, bound: jax.Array) -> tuple[jax.Array, jax.Array]:
+      # One barrier per leaf around every scalar the reduction reads and the
+      # arrays it reads them with (see _groups.isolate).
+      # k = ρ·(-lr)/c, clipped to the largest float: a k that overflows means
+      # every non-zero entry is far beyond the limit (the bound clamps it),
+      # and a finite k keeps 0·k = 0 for zero moments.
+      big = jnp.finfo(jnp.float32).max
+      k = jnp.clip(scalars["factor"] * inv_c, -big, big)
+      x, m_, v_, g_ = isolate(({**scalars, "k": k, "bound": bound}, m, v, g))
+      n = _wide(m_)
+      if "alpha" in x:
+        n = x["alpha"] * n + x["beta"] * _wide(g_)
+      return x["k"] * n / (jnp.sqrt(_affine(_wide(v_), d, x.get("r", 0))) + x["e"]), x["bound"]
+
+    return in_units_of_c
+
+  return [source(m, v, g) for m, v, g in zip(mus, nus, grads, strict=True)]

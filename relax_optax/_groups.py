@@ -28,7 +28,7 @@ NaN: there it counts as an infinite entry and the rest of its group saturates.
 from __future__ import annotations
 
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
@@ -44,6 +44,26 @@ AxisName = Any  # a hashable name of a mapped axis, or a tuple of them, as in ja
 
 # |z/c| <= 2^40: the squares stay below 2^80 (see the module docstring).
 _CLAMP = 2.0**40
+
+# A leaf's update in units of the speed limit, from ``(1/c, B)``: returns it
+# and the clamp bound ``B``, both as the leaf's own values (see isolate).
+NormSource = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def isolate(values: Any) -> Any:
+  """``values`` (a pytree) unchanged, as a distinct copy per call site in XLA.
+
+  XLA:CPU runs large reductions in YNNPACK kernels, and when several of them
+  (one per leaf of the same shape) read the same scalar, XLA materialises that
+  scalar's broadcast as a full leaf-sized array, written every step and read
+  by every one of them. Passing each leaf's scalars through its own
+  ``optimization_barrier``, together with the arrays its reduction reads
+  (which makes each barrier distinct), keeps every broadcast inside its own
+  kernel. What it buys, measured by ``benchmarks/step_overhead.py`` (its
+  "shared scalars" section): at 1e7 parameters in 4 leaves, 40 MB of such
+  buffers and a step 2-3x slower. It changes no value.
+  """
+  return jax.lax.optimization_barrier(values)
 
 
 def _is_array_leaf(x: Any) -> bool:
@@ -131,13 +151,22 @@ def _total(values: Sequence[jax.Array]) -> jax.Array:
   return values[0] if len(values) == 1 else jnp.sum(jnp.stack(values))  # one reduction
 
 
+def _plain_source(u: jax.Array) -> NormSource:
+  """The :data:`NormSource` of an update given as an array."""
+
+  def in_units_of_c(inv_c: jax.Array, bound: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return u * inv_c, bound
+
+  return in_units_of_c
+
+
 def scale_leaves(
   leaves: Sequence[jax.Array],
   speed_limit: jax.typing.ArrayLike,
   mode: str,
   formula: str,
   axis_name: AxisName | None = None,
-  norm_sources: Sequence[jax.Array] | None = None,
+  norm_sources: Sequence[NormSource] | None = None,
   *,
   return_q: bool = False,
 ) -> list[jax.Array] | tuple[list[jax.Array], list[jax.Array]]:
@@ -150,8 +179,9 @@ def scale_leaves(
     mode: one of :data:`MODES`.
     formula: one of :data:`FORMULAS`.
     axis_name: as in :func:`relativistic_scale`.
-    norm_sources: optional arrays equal to ``leaves`` (up to rounding) but
-      computed by another expression, used for the norms only. XLA does not
+    norm_sources: optional, one :data:`NormSource` per leaf: its update in
+      units of ``c``, equal to ``leaves[i] / c`` up to rounding but computed
+      by another expression, used for the norms only. XLA does not
       duplicate an expensive producer (Adam's division) for two consumers, so
       when ``u`` feeds both the norm and the step it writes ``u`` to memory;
       a separate expression for the norm (``relativistic_adam`` takes it from
@@ -191,11 +221,12 @@ def scale_leaves(
     # them: the producer of u would then be written to memory first). The
     # square comes last: XLA rewrites (x·k)² as x²·k², and k² = 1/c²
     # overflows for c < 1e-19.
-    sources = leaves if norm_sources is None else norm_sources
-    sums = [
-      jnp.sum(jnp.square(jnp.minimum(jnp.abs(s.astype(dtype) * lim.inv_c), _CLAMP)))
-      for s, lim in zip(sources, limits, strict=True)
-    ]
+    if norm_sources is None:
+      norm_sources = [_plain_source(u.astype(dtype)) for u in leaves]
+    sums = []
+    for source, lim in zip(norm_sources, limits, strict=True):
+      t, bound = source(lim.inv_c, jnp.asarray(_CLAMP, real))
+      sums.append(jnp.sum(jnp.square(jnp.minimum(jnp.abs(t), bound))))
     sharded = _sharded_flags(leaves, axis_name)
     if mode == "global":
       qs = [_group_sum(sums, sharded, axis_name)]
@@ -215,12 +246,12 @@ def scale_tree(
   mode: str,
   formula: str,
   axis_name: AxisName | None = None,
-  norm_sources: Sequence[jax.Array] | None = None,
+  norm_sources: Sequence[NormSource] | None = None,
 ) -> optax.Updates:
   """:func:`scale_leaves` on the array leaves of a pytree (no validation).
 
   ``None`` and ``optax.MaskedNode`` leaves pass through; ``norm_sources``, if
-  given, holds one array per array leaf, in ``jax.tree.leaves`` order.
+  given, holds one per array leaf, in ``jax.tree.leaves`` order.
   """
   leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: not _is_array_leaf(x))
   positions = [i for i, x in enumerate(leaves) if _is_array_leaf(x)]
