@@ -66,6 +66,8 @@ def step_overhead() -> Table:
   for mode in ("per_component", "per_param", "global"):
     cells = [
       f"{few[f'{mode}/{f}_ratio']:.2f}x / {many[f'{mode}/{f}_ratio']:.2f}x"
+      if f"{mode}/{f}_ratio" in few
+      else "–"
       for f in ("lorentz", "tanh", "reference")
     ]
     worst = max(few[f"{mode}/lorentz_ratio"], many[f"{mode}/lorentz_ratio"])
@@ -74,6 +76,41 @@ def step_overhead() -> Table:
   for m in ("per_param", "global"):
     chain = f"{few[f'chain:{m}/lorentz_ratio']:.2f}x / {many[f'chain:{m}/lorentz_ratio']:.2f}x"
     rows.append([f"the plain chain, ``{m}``", chain, "–", "–", ""])
+  if "adam+clip_ratio" in few:
+    clip = f"{few['adam+clip_ratio']:.2f}x / {many['adam+clip_ratio']:.2f}x"
+    rows.append(["Adam + ``optax.clip_by_global_norm``", clip, "–", "–", ""])
+  return header, rows
+
+
+# ----------------------------------------------------------------------------- compile time
+
+
+def compile_time() -> Table:
+  """Lower + compile seconds per number of leaves, and the ratio to adam+clip."""
+  d = _load("compile_time.json")
+  leaves = d["meta"]["leaves"]
+  by = {(r["name"], r["leaves"]): r for r in d["rows"]}
+  names = list(dict.fromkeys(r["name"] for r in d["rows"]))
+  big = leaves[-1]
+  header = [
+    "optimizer",
+    *(f"{n} leaves" for n in leaves),
+    f"x adam+clip at {big}",
+    "HLO instructions per leaf",
+  ]
+  rows = []
+  for name in names:
+    label = {"adam": "``optax.adam``", "adam+clip": "Adam + ``clip_by_global_norm``"}.get(
+      name, "``" + name.replace("radam:", "relativistic_adam ").replace(":", " ") + "``"
+    )
+    rows.append(
+      [
+        label,
+        *(f"{by[(name, n)]['total_s']:.2f} s" for n in leaves),
+        f"{by[(name, big)]['total_s'] / by[('adam+clip', big)]['total_s']:.2f}x",
+        f"{by[(name, big)]['hlo_instructions'] / big:.0f}",
+      ]
+    )
   return header, rows
 
 
@@ -438,6 +475,7 @@ TABLES: dict[str, Callable[[], Table]] = {
   for f in [
     step_overhead,
     step_overhead_sizes,
+    compile_time,
     high_lr,
     lr_sensitivity,
     circuits_speed,
