@@ -13,6 +13,10 @@ from relax_optax import autodiff as autodiff
 from relax_optax._alias import relativistic_adam as relativistic_adam
 from relax_optax._alias import relativistic_adamw as relativistic_adamw
 from relax_optax._alias import speed_limit_warmup as speed_limit_warmup
+from relax_optax._rgd import RGDLeapfrogState as RGDLeapfrogState
+from relax_optax._rgd import RGDState as RGDState
+from relax_optax._rgd import rgd as rgd
+from relax_optax._rgd import rgd_eval_params as rgd_eval_params
 from relax_optax._scaling import FORMULAS as FORMULAS
 from relax_optax._scaling import MODES as MODES
 from relax_optax._scaling import relativistic_scale as relativistic_scale
@@ -24,11 +28,15 @@ __version__ = "0.1.0"
 __all__ = (
     "FORMULAS",
     "MODES",
+    "RGDLeapfrogState",
+    "RGDState",
     "ScaleByRelativisticState",
     "autodiff",
     "relativistic_adam",
     "relativistic_adamw",
     "relativistic_scale",
+    "rgd",
+    "rgd_eval_params",
     "scale_by_relativistic",
     "speed_limit_warmup",
 )
