@@ -130,13 +130,16 @@ def rgd(
   then holds per group. ``x_{k+1}`` is computed as ``x + α·R(√μ·v) + R(v_half)``
   (equal to the authors' expression; it differs by float rounding only).
 
-  Numerics: as :func:`relax_optax.relativistic_scale`: a velocity whose norm
-  overflows, or holds an infinite entry, moves ``x`` by ``c`` in its
-  direction, so the bound holds for any finite velocity and any gradient,
-  including infinite ones. An infinite gradient leaves an infinite velocity
-  in the state (that is what the method computes); wrap the optimizer in
-  ``optax.apply_if_finite`` to skip such steps. The state has the dtype of
-  the parameters.
+  Numerics: a velocity whose norm overflows moves ``x`` by ``c`` in its
+  direction (as :func:`relax_optax.relativistic_scale` does), so the bounds
+  above hold for any gradient, including huge and infinite ones. The velocity
+  is clipped to its dtype's finite range (the identity unless ``v − ε·g``
+  overflows): where the authors' float arithmetic would store ``±inf`` and a
+  later step compute ``inf − inf = NaN``, it stays finite, so no NaN arises
+  from finite gradients (an infinite gradient times ``ε = 0`` is NaN, as in
+  IEEE arithmetic). A velocity near the dtype's maximum decays by ``μ`` per
+  step while ``x`` moves at ``c``; to skip bad steps instead, wrap the
+  optimizer in ``optax.apply_if_finite``. The state has the parameters' dtype.
 
   Args:
     learning_rate: the step size ``ε ≥ 0``, or an Optax schedule of the step
@@ -205,8 +208,15 @@ def rgd(
     return jax.tree.map(lambda t: (s * t).astype(t.dtype), tree)
 
   def kick(v: optax.Updates, g: optax.Updates, eps: Any) -> optax.Updates:
-    # v - ε·g, in the velocity's dtype.
-    return jax.tree.map(lambda vi, gi: (vi - eps * gi).astype(vi.dtype), v, g)
+    # v − ε·g in the velocity's dtype, clipped to its finite range: where ε·g
+    # overflows (or g is infinite) v is ±max, not ±inf, so a later step cannot
+    # compute inf − inf = NaN; the step is then c in v's direction either way.
+    # Elsewhere the clip is the identity (and NaN stays NaN).
+    def one(vi: jax.Array, gi: jax.Array) -> jax.Array:
+      big = jnp.finfo(vi.dtype).max
+      return jnp.clip((vi - eps * gi).astype(vi.dtype), -big, big)
+
+    return jax.tree.map(one, v, g)
 
   if alpha is None:
 
