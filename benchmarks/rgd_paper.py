@@ -43,6 +43,8 @@ Run::
 
   python benchmarks/rgd_paper.py            # a few minutes on 2 CPU cores
   python benchmarks/rgd_paper.py --quick    # < 30 s: 3 problems, small budget
+  python benchmarks/rgd_paper.py --budget 2048 --stem rgd_paper_budget2048
+  python benchmarks/rgd_paper.py --search-seed 1 --stem rgd_paper_search1
 """
 
 from __future__ import annotations
@@ -424,7 +426,9 @@ def _summary(curve: np.ndarray, tol: float) -> dict:
   return {"final_f": float(curve[-1]), "iters_to_tol": iters_to_tol(curve, tol)}
 
 
-def run_problem(problem: Problem, budget: int, seeds: list[int], iterations: int, bar) -> dict:
+def run_problem(
+  problem: Problem, budget: int, seeds: list[int], iterations: int, search_seed: int, bar
+) -> dict:
   inst0 = jax.tree.map(jnp.asarray, problem.make(0))
   held = [s for s in seeds if s != 0] if problem.random else []
   insts = [jax.tree.map(jnp.asarray, problem.make(s)) for s in held]
@@ -440,7 +444,7 @@ def run_problem(problem: Problem, budget: int, seeds: list[int], iterations: int
     "published": {},
   }
   for m_index, method in enumerate(METHODS):
-    rng = np.random.default_rng([17, m_index, len(problem.name)])
+    rng = np.random.default_rng([search_seed, list(PROBLEMS).index(problem.name), m_index])
     run = jax.jit(functools.partial(trajectory, problem, method, iterations=iterations))
     tune = jax.jit(jax.vmap(run, in_axes=(0, None)))
     best, cands, all_curves = None, [], []
@@ -602,7 +606,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--budget", type=int, default=None, help="candidates per method (512)")
   parser.add_argument("--seeds", type=int, default=5, help="instances 0..n-1 (0 is tuned on)")
   parser.add_argument("--problems", nargs="*", default=None, choices=list(PROBLEMS))
+  parser.add_argument("--search-seed", type=int, default=0, help="seed of the random search")
   parser.add_argument("--out", type=Path, default=RESULTS)
+  parser.add_argument("--stem", default=None, help="file names (rgd_paper, or rgd_paper_quick)")
   args = parser.parse_args(argv)
 
   names = args.problems or (list(QUICK) if args.quick else list(PROBLEMS))
@@ -615,11 +621,14 @@ def main(argv=None) -> dict:
       problem = PROBLEMS[name]
       iterations = min(problem.iterations, 60) if args.quick else problem.iterations
       bar.set_description(name)
-      results["problems"][name] = run_problem(problem, budget, seeds, iterations, bar)
+      results["problems"][name] = run_problem(
+        problem, budget, seeds, iterations, args.search_seed, bar
+      )
   elapsed = time.perf_counter() - start
   results["config"] = {
     "quick": args.quick,
     "budget": budget,
+    "search_seed": args.search_seed,
     "search": "seeded uniform random search over the authors' ranges, same budget per method",
     "seeds": seeds,
     "dtype": "float64",
@@ -637,7 +646,7 @@ def main(argv=None) -> dict:
   print(text)
   print(f"({elapsed:.0f} s)")
   args.out.mkdir(parents=True, exist_ok=True)
-  stem = "rgd_paper_quick" if args.quick else "rgd_paper"
+  stem = args.stem or ("rgd_paper_quick" if args.quick else "rgd_paper")
   (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
   (args.out / f"{stem}.txt").write_text(text + "\n")
   plot(results, args.out / f"{stem}.png")

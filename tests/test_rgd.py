@@ -508,7 +508,7 @@ def test_eval_params_finds_the_state_inside_wrappers():
   params = _params()
   tx = optax.chain(optax.add_decayed_weights(1e-3), relax_optax.rgd(0.1, alpha=0.5))
   state = tx.init(params)
-  u, state = tx.update(jax.grad(_loss)(params), state, params)
+  u, state = jax.jit(tx.update)(jax.grad(_loss)(params), state, params)
   new = optax.apply_updates(params, u)
   x = relax_optax.rgd_eval_params(state, new)
   chex.assert_trees_all_close(x, state[1].iterate)
@@ -528,8 +528,9 @@ def test_leapfrog_params_at_init_and_after_apply_updates():
   state = tx.init(params)
   chex.assert_trees_all_equal(state.iterate, params)
   chex.assert_trees_all_equal(state.velocity, {"w": jnp.zeros(2)})
+  update = jax.jit(tx.update)
   for _ in range(4):
-    u, state = tx.update({"w": 2 * params["w"]}, state, params)
+    u, state = update({"w": 2 * params["w"]}, state, params)
     params = optax.apply_updates(params, u)
     x_half = state.iterate["w"] + np.asarray(state.velocity["w"]) * 0.9 / np.sqrt(
       1 + 0.81 * np.sum(np.square(state.velocity["w"])) / c**2
