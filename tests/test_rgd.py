@@ -46,6 +46,12 @@ def authors_relativistic2(x, v, grad, stepsize, mu, delta, alpha):
   return x, v
 
 
+def authors_classical_momentum(x, v, grad, stepsize, mu):
+  g = grad(x)
+  v = mu * v - stepsize * g
+  return x + v, v
+
+
 def authors_nesterov(x, v, grad, stepsize, mu):
   y = x + mu * v
   g = grad(y)
@@ -216,6 +222,34 @@ def test_infinite_speed_limit_is_optax_sgd_with_momentum(lr, mu):
   got = _optax_run(relax_optax.rgd(lr, momentum=mu, speed_limit=math.inf), x0, 100, grad)
   want = _optax_run(optax.sgd(lr, momentum=mu or None), x0, 100, grad)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["global", "per_param"])
+def test_simple_form_is_sgd_then_the_library_scaling(mode):
+  """With a constant learning rate, the simple form is Optax's heavy ball
+  followed by the library's transform: where RGD sits relative to
+  relativistic_adam (which puts the same factor after Adam instead)."""
+  params = {"a": jnp.linspace(-3.0, 3.0, 7), "b": jnp.ones((2, 3))}
+  grad = jax.grad(lambda p: sum(jnp.sum(jnp.cosh(x)) for x in jax.tree.leaves(p)))
+  run = lambda tx: _optax_run_tree(tx, params, 40, grad)
+  got = run(relax_optax.rgd(0.2, momentum=0.9, speed_limit=0.3, mode=mode))
+  want = run(
+    optax.chain(optax.sgd(0.2, momentum=0.9), relax_optax.scale_by_relativistic(0.3, mode=mode))
+  )
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _optax_run_tree(tx, params, n, grad):
+  @jax.jit
+  def run(params):
+    def body(carry, _):
+      p, s = carry
+      u, s = tx.update(grad(p), s, p)
+      return (optax.apply_updates(p, u), s), None
+
+    return jax.lax.scan(body, (params, tx.init(params)), length=n)[0][0]
+
+  return run(params)
 
 
 def test_infinite_speed_limit_leapfrog_alpha0_is_nesterov():
@@ -643,6 +677,55 @@ def test_valid_edges_are_accepted():
   relax_optax.rgd(0.0, momentum=0.0, speed_limit=math.inf, alpha=0.0)
   relax_optax.rgd(1.0, momentum=0.999, speed_limit=1e-30, alpha=1.0)
   relax_optax.rgd(optax.constant_schedule(0.1), speed_limit=lambda t: 1.0, alpha=jnp.asarray(0.5))
+
+
+# ---------------------------------------------------------------------------
+# The benchmark runs the authors' methods (float64, as their NumPy code).
+
+
+def test_benchmark_methods_are_the_authors():
+  """rgd_paper.py's CM, NAG (optax, evaluated at the authors' x) and RGD
+  follow solvers_scaled.py, and its alternating matrix completion follows
+  matrix_compl.py, in float64."""
+  from benchmarks import rgd_paper
+
+  h = {"stepsize": 0.1, "mu": 0.85, "delta": 0.8, "alpha": 0.9}
+  with jax.enable_x64(True):
+    problem = rgd_paper.PROBLEMS["corr_quad"]
+    inst = problem.make(3)
+    q, x0 = inst["Q"], inst["x0"]
+    f = lambda x: 0.5 * x @ q @ x
+    grad = lambda x: q @ x
+    reference = {
+      "CM": lambda x, v: authors_classical_momentum(x, v, grad, 0.1, 0.85),
+      "NAG": lambda x, v: authors_nesterov(x, v, grad, 0.1, 0.85),
+      "RGD": lambda x, v: authors_relativistic2(x, v, grad, 0.1, 0.85, 0.8, 0.9),
+    }
+    for method, step in reference.items():
+      want = [f(x) for x in _authors_run(step, x0, 30)]
+      got = rgd_paper.trajectory(problem, method, h, jax.tree.map(jnp.asarray, inst), 30)
+      np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, err_msg=method)
+
+    problem = rgd_paper.PROBLEMS["matrix_completion"]
+    inst = problem.make(0)
+    m, mask = inst["M"], inst["mask"]
+    a, b = inst["x0"]["A"], inst["x0"]["B"]
+    hm = {"stepsize": 0.003, "mu": 0.6, "delta": 0.5, "alpha": 0.8}
+    got = rgd_paper.trajectory(problem, "RGD", hm, jax.tree.map(jnp.asarray, inst), 20)
+    want = [np.linalg.norm(m - a @ b.T)]
+    va, vb = np.zeros_like(a), np.zeros_like(b)
+    mobs = mask * m
+    for _ in range(20):
+      a_half = a + np.sqrt(0.6) * va / np.sqrt(0.5 * 0.6 * np.sum(va**2) + 1)
+      va_half = np.sqrt(0.6) * va - 0.003 * (-(mask * (mobs - a_half @ b.T)) @ b)
+      a = 0.8 * a_half + 0.2 * a + va_half / np.sqrt(0.5 * np.sum(va_half**2) + 1)
+      va = np.sqrt(0.6) * va_half
+      b_half = b + np.sqrt(0.6) * vb / np.sqrt(0.5 * 0.6 * np.sum(vb**2) + 1)
+      vb_half = np.sqrt(0.6) * vb - 0.003 * (-(mask * (mobs - a @ b_half.T)).T @ a)
+      b = 0.8 * b_half + 0.2 * b + vb_half / np.sqrt(0.5 * np.sum(vb_half**2) + 1)
+      vb = np.sqrt(0.6) * vb_half
+      want.append(np.linalg.norm(m - a @ b.T))
+    np.testing.assert_allclose(np.asarray(got), np.array(want) / np.linalg.norm(m), rtol=1e-9)
 
 
 # ---------------------------------------------------------------------------
