@@ -24,7 +24,8 @@ uniformly from the authors' ranges for the problem (``stepsize``, ``mu``, and
 for RGD ``delta = 1/c²`` and ``alpha``). The search runs in 4 rounds of a
 quarter of the budget: the first uniform over the ranges, each later one
 uniform in a box around the best so far (half-width 1/4, 1/8, 1/16 of each
-range). A candidate's score is the authors' ``f(x_K)`` at the reported horizon
+range); step sizes uniform as the authors' ``hp.uniform`` (``--log-stepsize``:
+log-uniform). A candidate's score is the authors' ``f(x_K)`` at the reported horizon
 ``K``; where float64 rounding limits ``f`` (all problems but the two
 quadratics, whose minimum is at the origin) it is floored at ``1e-30·f(x_0)``
 (``1e-14`` for the relative error of matrix completion), and ties at the floor
@@ -45,6 +46,7 @@ Run::
   python benchmarks/rgd_paper.py --quick    # < 30 s: 3 problems, small budget
   python benchmarks/rgd_paper.py --budget 2048 --stem rgd_paper_budget2048
   python benchmarks/rgd_paper.py --search-seed 1 --stem rgd_paper_search1
+  python benchmarks/rgd_paper.py --log-stepsize --stem rgd_paper_logstep
 """
 
 from __future__ import annotations
@@ -389,18 +391,29 @@ def trajectory(problem: Problem, method: str, h: dict, inst: dict, iterations: i
 
 
 def sample(
-  space: dict, method: str, n: int, rng: np.random.Generator, around: dict | None, width: float
+  space: dict,
+  method: str,
+  n: int,
+  rng: np.random.Generator,
+  around: dict | None,
+  width: float,
+  log_stepsize: bool = False,
 ) -> dict[str, np.ndarray]:
   """``n`` candidates, uniform in the authors' ranges, or (``around`` given) in
-  the box of half-width ``width``·range around ``around``, clipped to them."""
+  the box of half-width ``width``·range around ``around``, clipped to them.
+  With ``log_stepsize`` the step size is uniform in its logarithm instead."""
   names = ("stepsize", "mu") if method != "RGD" else ("stepsize", "mu", "delta", "alpha")
   out = {}
   for k in names:
     lo, hi = space[k]
+    log = log_stepsize and k == "stepsize"
+    if log:
+      lo, hi = np.log(lo), np.log(hi)
     if around is not None:
+      centre = np.log(around[k]) if log else around[k]
       half = width * (hi - lo)
-      lo, hi = max(lo, around[k] - half), min(hi, around[k] + half)
-    out[k] = rng.uniform(lo, hi, n)
+      lo, hi = max(lo, centre - half), min(hi, centre + half)
+    out[k] = np.exp(rng.uniform(lo, hi, n)) if log else rng.uniform(lo, hi, n)
   return out
 
 
@@ -427,7 +440,13 @@ def _summary(curve: np.ndarray, tol: float) -> dict:
 
 
 def run_problem(
-  problem: Problem, budget: int, seeds: list[int], iterations: int, search_seed: int, bar
+  problem: Problem,
+  budget: int,
+  seeds: list[int],
+  iterations: int,
+  search_seed: int,
+  log_stepsize: bool,
+  bar,
 ) -> dict:
   inst0 = jax.tree.map(jnp.asarray, problem.make(0))
   held = [s for s in seeds if s != 0] if problem.random else []
@@ -449,7 +468,7 @@ def run_problem(
     tune = jax.jit(jax.vmap(run, in_axes=(0, None)))
     best, cands, all_curves = None, [], []
     for r in range(ROUNDS):
-      cand = sample(problem.space, method, budget // ROUNDS, rng, best, 0.5**r / 2)
+      cand = sample(problem.space, method, budget // ROUNDS, rng, best, 0.5**r / 2, log_stepsize)
       cands.append(cand)
       all_curves.append(np.asarray(tune(cand, inst0)))
       cand = {k: np.concatenate([c[k] for c in cands]) for k in cand}
@@ -504,26 +523,32 @@ def _iters_key(ks: list, iterations: int) -> float:
   return float(np.median([iterations + 1 if k is None else k for k in ks]))
 
 
+def _fastest(iters: dict[str, float], k: int) -> str | None:
+  """The method(s) with the fewest iterations ("NAG=RGD" for a tie); None if
+  no method reached the tolerance."""
+  low = min(iters.values())
+  if low > k:
+    return None
+  return "=".join(m for m in METHODS if iters[m] == low)
+
+
 def table(results: dict) -> tuple[str, dict]:
   """The table, and per problem the best tuned method by f(x_K) and by iterations."""
   lines = [
     f"{'problem':<18} {'method':<6} {'params':<9} {'f(x_K)':>10} {'iters':>6}"
-    f" {'held-out f(x_K)':>15} {'iters':>6}  best by",
+    f" {'held-out f(x_K)':>15} {'iters':>6} {'finite':>6}  best by",
   ]
   best = {}
   for name, prob in results["problems"].items():
     k, tuned = prob["iterations"], prob["tuned"]
     curves = np.array([tuned[m]["curve"] for m in METHODS], float)
     by_f = METHODS[score(curves, prob["floor"])[0]]
-    iters = {m: _iters_key([tuned[m]["iters_to_tol"]], k) for m in METHODS}
     best[name] = {"f(x_K)": by_f}
-    if min(iters.values()) <= k:  # else no method reached the tolerance
-      best[name]["iters_to_tol"] = min(METHODS, key=iters.get)
+    iters = {m: _iters_key([tuned[m]["iters_to_tol"]], k) for m in METHODS}
+    best[name]["iters_to_tol"] = _fastest(iters, k)
     if prob["held_out_seeds"]:
       held = {m: _iters_key(tuned[m]["seeds"]["iters_to_tol"], k) for m in METHODS}
-      best[name]["held_out_iters_to_tol"] = (
-        min(METHODS, key=held.get) if min(held.values()) <= k else None
-      )
+      best[name]["held_out_iters_to_tol"] = _fastest(held, k)
     for source in ("tuned", "published"):
       for method in METHODS:
         if method not in prob[source]:
@@ -531,6 +556,8 @@ def table(results: dict) -> tuple[str, dict]:
         e = prob[source][method]
         seeds = e["seeds"]
         med_f = f"{np.median(seeds['final_f']):.3g}" if seeds["final_f"] else "-"
+        # the share of tuning candidates whose run stayed finite
+        finite = f"{100 * e['tuning']['finite_fraction']:.0f}%" if "tuning" in e else ""
         marks = (
           []
           if source != "tuned"
@@ -541,21 +568,22 @@ def table(results: dict) -> tuple[str, dict]:
               ("iters", "iters_to_tol"),
               ("held-out", "held_out_iters_to_tol"),
             )
-            if best[name].get(key) == method
+            if method in (best[name].get(key) or "").split("=")
           ]
         )
         lines.append(
           f"{name:<18} {method:<6} {source:<9} {e['final_f']:>10.3g}"
           f" {_fmt_iters(e['iters_to_tol'], k):>6} {med_f:>15}"
-          f" {_median_iters(seeds['iters_to_tol'], k):>6}  {', '.join(marks)}"
+          f" {_median_iters(seeds['iters_to_tol'], k):>6} {finite:>6}  {', '.join(marks)}"
         )
   count = lambda key, m: sum(1 for b in best.values() if b.get(key) == m)
   total = lambda key: sum(1 for b in best.values() if b.get(key) is not None)
+  ties = lambda key: sum(1 for b in best.values() if "=" in (b.get(key) or ""))
   lines.append(
     "tuned RGD best "
     + ", ".join(
       f"by {label} on {count(key, 'RGD')} of {total(key)}"
-      f" (CM {count(key, 'CM')}, NAG {count(key, 'NAG')})"
+      f" (CM {count(key, 'CM')}, NAG {count(key, 'NAG')}, ties {ties(key)})"
       for label, key in (
         ("f(x_K)", "f(x_K)"),
         ("iterations to tol", "iters_to_tol"),
@@ -585,6 +613,8 @@ def plot(results: dict, path: Path) -> None:
           curve = np.where(np.isfinite(curve) & (curve > 0), curve, np.nan)
           label = method if source == "tuned" else f"{method} (paper's values)"
           ax.plot(curve, style, color=colors[method], label=label, lw=1.3)
+    f0 = prob["tuned"]["CM"]["curve"][0]
+    ax.axhline(prob["tol"] * f0, color="0.6", lw=0.8, ls="--", label="tolerance")
     ax.set_yscale("log")
     ax.set_title(name, fontsize=10)
     ax.set_xlabel("k")
@@ -607,6 +637,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--seeds", type=int, default=5, help="instances 0..n-1 (0 is tuned on)")
   parser.add_argument("--problems", nargs="*", default=None, choices=list(PROBLEMS))
   parser.add_argument("--search-seed", type=int, default=0, help="seed of the random search")
+  parser.add_argument(
+    "--log-stepsize", action="store_true", help="sample step sizes log-uniformly (not uniformly)"
+  )
   parser.add_argument("--out", type=Path, default=RESULTS)
   parser.add_argument("--stem", default=None, help="file names (rgd_paper, or rgd_paper_quick)")
   args = parser.parse_args(argv)
@@ -622,13 +655,14 @@ def main(argv=None) -> dict:
       iterations = min(problem.iterations, 60) if args.quick else problem.iterations
       bar.set_description(name)
       results["problems"][name] = run_problem(
-        problem, budget, seeds, iterations, args.search_seed, bar
+        problem, budget, seeds, iterations, args.search_seed, args.log_stepsize, bar
       )
   elapsed = time.perf_counter() - start
   results["config"] = {
     "quick": args.quick,
     "budget": budget,
     "search_seed": args.search_seed,
+    "stepsize_prior": "log-uniform" if args.log_stepsize else "uniform (the authors')",
     "search": "seeded uniform random search over the authors' ranges, same budget per method",
     "seeds": seeds,
     "dtype": "float64",
