@@ -284,12 +284,13 @@ def rgd_eval_params(state: optax.OptState, params: optax.Params) -> optax.Params
     ``params`` (the simple form), with the structure and dtypes of ``params``.
 
   Examples:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> import relax_optax
     >>> tx = relax_optax.rgd(0.1, momentum=0.81, speed_limit=1.0, alpha=1.0)
     >>> params = jnp.array([1.0])            # x_0 = x_half_0
     >>> state = tx.init(params)
-    >>> updates, state = tx.update(jnp.array([1.0]), state, params)
+    >>> updates, state = jax.jit(tx.update)(jnp.array([1.0]), state, params)
     >>> params = params + updates            # x_half_1 = x_1 + R(0.9·v_1)
     >>> x = relax_optax.rgd_eval_params(state, params)
     >>> print(f"x_1 = {float(x[0]):.4f}, x_half_1 = {float(params[0]):.4f}")
