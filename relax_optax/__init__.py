@@ -6,6 +6,7 @@ Public API, all importable from the package root:
 - :func:`scale_by_relativistic`: the ``optax.GradientTransformation``.
 - :func:`relativistic_adam`, :func:`relativistic_adamw`: the optimizers.
 - :func:`speed_limit_warmup`: the ``adaptive_speed`` warm-up schedule.
+- :func:`rgd`, :func:`rgd_eval_params`: Relativistic Gradient Descent (França et al.).
 """
 
 from relax_optax._formulas import FORMULAS as FORMULAS
@@ -15,6 +16,10 @@ from relax_optax._groups import Mode as Mode
 from relax_optax._groups import relativistic_scale as relativistic_scale
 from relax_optax._recipes import relativistic_adam as relativistic_adam
 from relax_optax._recipes import relativistic_adamw as relativistic_adamw
+from relax_optax._rgd import RGDLeapfrogState as RGDLeapfrogState
+from relax_optax._rgd import RGDState as RGDState
+from relax_optax._rgd import rgd as rgd
+from relax_optax._rgd import rgd_eval_params as rgd_eval_params
 from relax_optax._schedules import speed_limit_warmup as speed_limit_warmup
 from relax_optax._transform import ScaleByRelativisticState as ScaleByRelativisticState
 from relax_optax._transform import scale_by_relativistic as scale_by_relativistic
@@ -26,10 +31,14 @@ __all__ = (
   "MODES",
   "Formula",
   "Mode",
+  "RGDLeapfrogState",
+  "RGDState",
   "ScaleByRelativisticState",
   "relativistic_adam",
   "relativistic_adamw",
   "relativistic_scale",
+  "rgd",
+  "rgd_eval_params",
   "scale_by_relativistic",
   "speed_limit_warmup",
 )
