@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from relax_optax._groups import MODES, scale_tree
+from relax_optax._groups import MODES, Mode, scale_tree
 from relax_optax._validation import check_choice, check_scalar, check_scalar_or_schedule
 
 
@@ -47,9 +47,9 @@ def rgd(
   learning_rate: optax.ScalarOrSchedule,
   momentum: jax.typing.ArrayLike = 0.9,
   speed_limit: optax.ScalarOrSchedule = 1.0,
-  alpha: jax.typing.ArrayLike | None = None,
+  alpha: float | jax.Array | None = None,
   *,
-  mode: str = "global",
+  mode: Mode = "global",
 ) -> optax.GradientTransformation:
   """Relativistic Gradient Descent (RGD): heavy ball with a speed limit.
 

@@ -16,8 +16,8 @@ HUGE = 1e30  # a speed limit that never binds
 def _params(dtype=jnp.float32):
   rng = np.random.default_rng(0)
   return {
-      "w": jnp.asarray(rng.standard_normal((4, 3)), dtype),
-      "b": jnp.asarray(rng.standard_normal(3), dtype),
+    "w": jnp.asarray(rng.standard_normal((4, 3)), dtype),
+    "b": jnp.asarray(rng.standard_normal(3), dtype),
   }
 
 
@@ -29,8 +29,8 @@ def _grads(n, seed=0):
   """A fixed sequence of gradients (independent of the parameters)."""
   rng = np.random.default_rng(seed)
   return [
-      jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), _params())
-      for _ in range(n)
+    jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), _params())
+    for _ in range(n)
   ]
 
 
@@ -48,22 +48,30 @@ def _run(tx, grads, params=None):
 
 # One shared battery over the variants (as Optax's alias_test.py).
 VARIANTS = [
-    ("adam", relax_optax.relativistic_adam, {}),
-    ("adam_global_tanh", relax_optax.relativistic_adam, dict(mode="global", formula="tanh")),
-    ("adam_per_component_ref", relax_optax.relativistic_adam,
-     dict(mode="per_component", formula="reference")),
-    ("adam_wd_amsgrad", relax_optax.relativistic_adam, dict(weight_decay=1e-2, amsgrad=True)),
-    ("adam_warmup_nesterov", relax_optax.relativistic_adam,
-     dict(adaptive_speed=True, speed_warmup_steps=10, nesterov=True)),
-    ("adamw", relax_optax.relativistic_adamw, {}),
-    ("adamw_masked_schedule", relax_optax.relativistic_adamw,
-     dict(learning_rate=optax.cosine_decay_schedule(0.1, 100), mask={"w": True, "b": False})),
+  ("adam", relax_optax.relativistic_adam, {}),
+  ("adam_global_tanh", relax_optax.relativistic_adam, dict(mode="global", formula="tanh")),
+  (
+    "adam_per_component_ref",
+    relax_optax.relativistic_adam,
+    dict(mode="per_component", formula="reference"),
+  ),
+  ("adam_wd_amsgrad", relax_optax.relativistic_adam, dict(weight_decay=1e-2, amsgrad=True)),
+  (
+    "adam_warmup_nesterov",
+    relax_optax.relativistic_adam,
+    dict(adaptive_speed=True, speed_warmup_steps=10, nesterov=True),
+  ),
+  ("adamw", relax_optax.relativistic_adamw, {}),
+  (
+    "adamw_masked_schedule",
+    relax_optax.relativistic_adamw,
+    dict(learning_rate=optax.cosine_decay_schedule(0.1, 100), mask={"w": True, "b": False}),
+  ),
 ]
 
 
 @pytest.mark.parametrize("name, make, kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
 class TestBattery:
-
   def test_finite_shapes_and_convergence(self, name, make, kwargs):
     kwargs = {"learning_rate": 0.1, **kwargs}
     tx = make(**kwargs)
@@ -93,18 +101,17 @@ class TestBattery:
 
 
 class TestRecipes:
-
   @pytest.mark.parametrize("mode", ["global", "per_param", "per_component"])
   @pytest.mark.parametrize("formula", ["lorentz", "tanh", "reference"])
   def test_equals_the_chain_of_design_md(self, mode, formula):
     grads = _grads(6)
     ours, _ = _run(
-        relax_optax.relativistic_adam(0.05, speed_limit=0.03, mode=mode, formula=formula), grads
+      relax_optax.relativistic_adam(0.05, speed_limit=0.03, mode=mode, formula=formula), grads
     )
     chain = optax.chain(
-        optax.scale_by_adam(0.9, 0.999, 1e-8),
-        optax.scale_by_learning_rate(0.05),
-        relax_optax.scale_by_relativistic(0.03, mode=mode, formula=formula),
+      optax.scale_by_adam(0.9, 0.999, 1e-8),
+      optax.scale_by_learning_rate(0.05),
+      relax_optax.scale_by_relativistic(0.03, mode=mode, formula=formula),
     )
     want, _ = _run(chain, grads)
     chex.assert_trees_all_close(ours, want, rtol=1e-6)
@@ -144,8 +151,9 @@ class TestRecipes:
     params, grads = _params(), _grads(3)
     ours, _ = _run(relax_optax.relativistic_adamw(lr, weight_decay=wd, speed_limit=0.05), grads)
     scaled = optax.chain(
-        optax.scale_by_adam(), optax.scale_by_learning_rate(lr),
-        relax_optax.scale_by_relativistic(0.05),
+      optax.scale_by_adam(),
+      optax.scale_by_learning_rate(lr),
+      relax_optax.scale_by_relativistic(0.05),
     )
     state, p = scaled.init(params), params
     for g, got in zip(grads, ours, strict=True):
@@ -163,16 +171,17 @@ class TestRecipes:
     adam = optax.adam(lr)
     v, _ = adam.update(g, adam.init(params))
     chex.assert_trees_all_close(
-        jax.tree.map(jnp.subtract, u_ours, u_theirs),
-        jax.tree.map(lambda v: -lr * wd * v, v),
-        rtol=1e-4, atol=1e-7,
+      jax.tree.map(jnp.subtract, u_ours, u_theirs),
+      jax.tree.map(lambda v: -lr * wd * v, v),
+      rtol=1e-4,
+      atol=1e-7,
     )
 
   def test_adamw_mask_and_learning_rate_schedule(self):
     schedule = optax.linear_schedule(0.1, 0.01, 5)
     wd, params = 0.5, _params()
     tx = relax_optax.relativistic_adamw(
-        schedule, weight_decay=wd, mask={"w": True, "b": False}, speed_limit=HUGE
+      schedule, weight_decay=wd, mask={"w": True, "b": False}, speed_limit=HUGE
     )
     zero = jax.tree.map(jnp.zeros_like, params)
     state, p = tx.init(params), params
@@ -186,7 +195,7 @@ class TestRecipes:
   def test_adaptive_speed_warms_up_from_step_one(self):
     c, warmup = 0.2, 4
     tx = relax_optax.relativistic_adam(
-        1.0, speed_limit=c, mode="global", adaptive_speed=True, speed_warmup_steps=warmup
+      1.0, speed_limit=c, mode="global", adaptive_speed=True, speed_warmup_steps=warmup
     )
     params = _params()
     state = tx.init(params)
@@ -207,8 +216,9 @@ class TestRecipes:
     decay = optax.exponential_decay(0.2, transition_steps=1, decay_rate=0.5)
     schedule = relax_optax.speed_limit_warmup(decay, 4)
     np.testing.assert_allclose(
-        [float(schedule(t)) for t in range(5)],
-        [0.2 * 0.5**t * min(1.0, (t + 1) / 4) for t in range(5)], rtol=1e-6,
+      [float(schedule(t)) for t in range(5)],
+      [0.2 * 0.5**t * min(1.0, (t + 1) / 4) for t in range(5)],
+      rtol=1e-6,
     )
     tx = relax_optax.relativistic_adam(speed_limit=decay, adaptive_speed=True)
     params = _params()
@@ -217,28 +227,27 @@ class TestRecipes:
 
 
 class TestValidation:
-
   @pytest.mark.parametrize("make", [relax_optax.relativistic_adam, relax_optax.relativistic_adamw])
   @pytest.mark.parametrize(
-      "kwargs, match",
-      [
-          (dict(learning_rate=-1e-3), r"learning_rate must be a finite number in \[0"),
-          (dict(b1=1.0), r"b1 must be a finite number in \[0, 1\)"),
-          (dict(b1=-0.1), r"b1 must be"),
-          (dict(b2=1.5), r"b2 must be a finite number in \[0, 1\)"),
-          (dict(eps=-1e-8), r"eps must be a finite number in \[0"),
-          (dict(weight_decay=-0.1), r"weight_decay must be a finite number in \[0"),
-          (dict(speed_limit=0.0), r"speed_limit must be a number in \(0, inf\]"),
-          (dict(speed_limit=-float("inf")), r"speed_limit"),
-          (dict(speed_limit=jnp.array(-0.1)), r"speed_limit must be a number in \(0"),
-          (dict(speed_limit=jnp.array(jnp.nan)), r"speed_limit must be a number in \(0"),
-          (dict(speed_limit=np.float32(0.0)), r"speed_limit must be a number in \(0"),
-          (dict(learning_rate=jnp.array(jnp.nan)), r"learning_rate must be a finite number"),
-          (dict(bias_correction="torch"), r"bias_correction must be one of"),
-          (dict(mode="layer"), r"mode must be one of \('global', 'per_param', 'per_component'\)"),
-          (dict(formula="x"), r"formula must be one of \('lorentz', 'tanh', 'reference'\)"),
-          (dict(amsgrad=True, nesterov=True), r"amsgrad=True and nesterov=True"),
-      ],
+    "kwargs, match",
+    [
+      (dict(learning_rate=-1e-3), r"learning_rate must be a finite number in \[0"),
+      (dict(b1=1.0), r"b1 must be a finite number in \[0, 1\)"),
+      (dict(b1=-0.1), r"b1 must be"),
+      (dict(b2=1.5), r"b2 must be a finite number in \[0, 1\)"),
+      (dict(eps=-1e-8), r"eps must be a finite number in \[0"),
+      (dict(weight_decay=-0.1), r"weight_decay must be a finite number in \[0"),
+      (dict(speed_limit=0.0), r"speed_limit must be a number in \(0, inf\]"),
+      (dict(speed_limit=-float("inf")), r"speed_limit"),
+      (dict(speed_limit=jnp.array(-0.1)), r"speed_limit must be a number in \(0"),
+      (dict(speed_limit=jnp.array(jnp.nan)), r"speed_limit must be a number in \(0"),
+      (dict(speed_limit=np.float32(0.0)), r"speed_limit must be a number in \(0"),
+      (dict(learning_rate=jnp.array(jnp.nan)), r"learning_rate must be a finite number"),
+      (dict(bias_correction="torch"), r"bias_correction must be one of"),
+      (dict(mode="layer"), r"mode must be one of \('global', 'per_param', 'per_component'\)"),
+      (dict(formula="x"), r"formula must be one of \('lorentz', 'tanh', 'reference'\)"),
+      (dict(amsgrad=True, nesterov=True), r"amsgrad=True and nesterov=True"),
+    ],
   )
   def test_bad_arguments(self, make, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -246,23 +255,23 @@ class TestValidation:
 
   @pytest.mark.parametrize("make", [relax_optax.relativistic_adam, relax_optax.relativistic_adamw])
   @pytest.mark.parametrize(
-      "kwargs, match",
-      [
-          (dict(speed_limit=None), "speed_limit must be a real scalar"),
-          (dict(speed_limit="0.1"), "speed_limit must be a real scalar"),
-          (dict(speed_limit=[0.1]), "speed_limit must be a real scalar"),
-          (dict(speed_limit=True), "speed_limit must be a real scalar"),
-          (dict(speed_limit=jnp.ones(2)), "speed_limit must be a scalar"),
-          (dict(learning_rate=None), "learning_rate must be a real scalar"),
-          (dict(learning_rate=[1e-3]), "learning_rate must be a real scalar"),
-          (dict(learning_rate="1e-3"), "learning_rate must be a real scalar"),
-          (dict(learning_rate=np.ones(3)), "learning_rate must be a scalar"),
-          (dict(speed_warmup_steps=None), "speed_warmup_steps must be an integer"),
-          (dict(speed_warmup_steps=10.5), "speed_warmup_steps must be an integer"),
-          (dict(speed_warmup_steps=True), "speed_warmup_steps must be an integer"),
-          (dict(amsgrad=1), "amsgrad must be True or False"),
-          (dict(mode=None), "mode must be one of"),
-      ],
+    "kwargs, match",
+    [
+      (dict(speed_limit=None), "speed_limit must be a real scalar"),
+      (dict(speed_limit="0.1"), "speed_limit must be a real scalar"),
+      (dict(speed_limit=[0.1]), "speed_limit must be a real scalar"),
+      (dict(speed_limit=True), "speed_limit must be a real scalar"),
+      (dict(speed_limit=jnp.ones(2)), "speed_limit must be a scalar"),
+      (dict(learning_rate=None), "learning_rate must be a real scalar"),
+      (dict(learning_rate=[1e-3]), "learning_rate must be a real scalar"),
+      (dict(learning_rate="1e-3"), "learning_rate must be a real scalar"),
+      (dict(learning_rate=np.ones(3)), "learning_rate must be a scalar"),
+      (dict(speed_warmup_steps=None), "speed_warmup_steps must be an integer"),
+      (dict(speed_warmup_steps=10.5), "speed_warmup_steps must be an integer"),
+      (dict(speed_warmup_steps=True), "speed_warmup_steps must be an integer"),
+      (dict(amsgrad=1), "amsgrad must be True or False"),
+      (dict(mode=None), "mode must be one of"),
+    ],
   )
   def test_wrong_kinds_raise_type_errors_naming_the_argument(self, make, kwargs, match):
     with pytest.raises((TypeError, ValueError), match=match):
@@ -279,7 +288,6 @@ class TestValidation:
 
 
 class TestOptaxWrappers:
-
   def test_jit_no_retracing(self):
     tx = relax_optax.relativistic_adam(0.1, adaptive_speed=True, speed_warmup_steps=3)
     params = _params()
@@ -314,13 +322,11 @@ class TestOptaxWrappers:
     for i in range(3):
       alone = jax.jit(train)(jax.tree.map(lambda x, i=i: x[i], inits))
       chex.assert_trees_all_close(
-          jax.tree.map(lambda x, i=i: x[i], batched), alone, rtol=1e-6, atol=1e-6
+        jax.tree.map(lambda x, i=i: x[i], batched), alone, rtol=1e-6, atol=1e-6
       )
 
   def test_inject_hyperparams_changes_lr_and_speed_limit_at_run_time(self):
-    tx = optax.inject_hyperparams(relax_optax.relativistic_adam)(
-        learning_rate=0.1, speed_limit=0.5
-    )
+    tx = optax.inject_hyperparams(relax_optax.relativistic_adam)(learning_rate=0.1, speed_limit=0.5)
     params = _params()
     state = tx.init(params)
     grads = jax.tree.map(lambda x: 1e3 * jnp.ones_like(x), params)
@@ -347,7 +353,7 @@ class TestOptaxWrappers:
     ours, _ = _run(optax.MultiSteps(inner, every_k_schedule=k), grads)
     # Independent expectation: the inner optimizer on the mean of each k grads.
     means = [
-        jax.tree.map(lambda *g: sum(g) / k, *grads[i : i + k]) for i in range(0, len(grads), k)
+      jax.tree.map(lambda *g: sum(g) / k, *grads[i : i + k]) for i in range(0, len(grads), k)
     ]
     want, _ = _run(inner, means)
     chex.assert_trees_all_close(ours[k - 1], want[0], rtol=1e-6)
@@ -448,7 +454,7 @@ class TestRegressions:
   def test_inject_hyperparams_with_adaptive_speed(self):
     # Was a TracerBoolConversionError (`if warmup_steps <= 0`).
     tx = optax.inject_hyperparams(relax_optax.relativistic_adam)(
-        learning_rate=10.0, speed_limit=0.5, adaptive_speed=True, speed_warmup_steps=4
+      learning_rate=10.0, speed_limit=0.5, adaptive_speed=True, speed_warmup_steps=4
     )
     params = {"w": jnp.zeros(4)}
     state = tx.init(params)
@@ -465,7 +471,7 @@ class TestRegressions:
   def test_tiny_learning_rate_and_limit_stay_finite(self, mode, norms_from_moments):
     # Was NaN in every leaf on the fast path.
     tx = relax_optax.relativistic_adam(
-        1e-30, speed_limit=1e-35, mode=mode, norms_from_moments=norms_from_moments
+      1e-30, speed_limit=1e-35, mode=mode, norms_from_moments=norms_from_moments
     )
     params = {"a": jnp.ones((3, 2)), "b": jnp.ones(())}
     grads = {"a": jnp.full((3, 2), 0.3), "b": jnp.asarray(-2.0)}

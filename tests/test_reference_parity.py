@@ -43,14 +43,14 @@ RTOL = 1e-5
 
 # The original's constructor defaults (relativistic_adam/optimizer.py).
 TORCH_DEFAULTS = {
-    "lr": 1e-3,
-    "betas": (0.9, 0.999),
-    "eps": 1e-8,
-    "speed_limit": 0.1,
-    "amsgrad": False,
-    "relativistic_mode": "per_param",
-    "adaptive_speed": False,
-    "speed_warmup_steps": 1000,
+  "lr": 1e-3,
+  "betas": (0.9, 0.999),
+  "eps": 1e-8,
+  "speed_limit": 0.1,
+  "amsgrad": False,
+  "relativistic_mode": "per_param",
+  "adaptive_speed": False,
+  "speed_warmup_steps": 1000,
 }
 TORCH_WEIGHT_DECAY = {"RelativisticAdam": 0.0, "RelativisticAdamW": 1e-2}
 
@@ -67,37 +67,35 @@ def load(case: str) -> tuple[dict, dict, dict, dict]:
   return meta, part("init"), part("grads"), part("params")
 
 
-def to_relax_optax(
-    optimizer: str, kwargs: dict, **overrides
-) -> optax.GradientTransformation:
+def to_relax_optax(optimizer: str, kwargs: dict, **overrides) -> optax.GradientTransformation:
   """The relax_optax optimizer equivalent to a torch constructor call."""
   kw = {**TORCH_DEFAULTS, "weight_decay": TORCH_WEIGHT_DECAY[optimizer], **kwargs}
   b1, b2 = kw["betas"]
   mode = kw["relativistic_mode"]
   make = {
-      "RelativisticAdam": relax_optax.relativistic_adam,
-      "RelativisticAdamW": relax_optax.relativistic_adamw,
+    "RelativisticAdam": relax_optax.relativistic_adam,
+    "RelativisticAdamW": relax_optax.relativistic_adamw,
   }[optimizer]
   args = dict(
-      learning_rate=kw["lr"],
-      b1=b1,
-      b2=b2,
-      eps=kw["eps"],
-      speed_limit=kw["speed_limit"],
-      # The original's "global" is per tensor.
-      mode="per_param" if mode == "global" else mode,
-      formula="reference",
-      weight_decay=kw["weight_decay"],
-      amsgrad=kw["amsgrad"],
-      adaptive_speed=kw["adaptive_speed"],
-      speed_warmup_steps=kw["speed_warmup_steps"],
-      bias_correction="step_size",
+    learning_rate=kw["lr"],
+    b1=b1,
+    b2=b2,
+    eps=kw["eps"],
+    speed_limit=kw["speed_limit"],
+    # The original's "global" is per tensor.
+    mode="per_param" if mode == "global" else mode,
+    formula="reference",
+    weight_decay=kw["weight_decay"],
+    amsgrad=kw["amsgrad"],
+    adaptive_speed=kw["adaptive_speed"],
+    speed_warmup_steps=kw["speed_warmup_steps"],
+    bias_correction="step_size",
   )
   return make(**{**args, **overrides})
 
 
 def replay(
-    tx: optax.GradientTransformation, init: dict, grads: dict, torch_params: dict | None
+  tx: optax.GradientTransformation, init: dict, grads: dict, torch_params: dict | None
 ) -> tuple[dict, dict | None]:
   """Our run on the recorded gradients, in one compiled scan.
 
@@ -158,8 +156,8 @@ def test_every_step_matches_torch(case):
   err = relative_errors(ours, torch_params)
   worst_step, worst_tensor = np.unravel_index(np.argmax(err), err.shape)
   assert err.max() <= RTOL, (
-      f"{case}: relative error {err.max():.2e} at step {worst_step + 1},"
-      f" tensor {list(torch_params)[worst_tensor]}"
+    f"{case}: relative error {err.max():.2e} at step {worst_step + 1},"
+    f" tensor {list(torch_params)[worst_tensor]}"
   )
 
 
@@ -192,7 +190,7 @@ def test_every_update_matches_torch(case):
     excess = np.maximum(np.abs(updates[name] - torch_update) - rounding, 0)
     err = excess.reshape(steps, -1).max(1) / np.abs(torch_update).reshape(steps, -1).max(1)
     assert err.max() <= rtol, (
-        f"{case}/{name}: update error {err.max():.2e} at step {np.argmax(err) + 1}"
+      f"{case}/{name}: update error {err.max():.2e} at step {np.argmax(err) + 1}"
     )
 
 
@@ -247,7 +245,7 @@ def test_step_size_bias_correction_first_step():
   """Step 1: ``lr·sqrt(1 - b2)/(1 - b1) · m/(sqrt(v) + eps)``, written out."""
   lr, b1, b2, eps, g = 0.1, 0.9, 0.999, 1e-3, 0.02
   tx = relax_optax.relativistic_adam(
-      lr, b1, b2, eps, speed_limit=1e9, formula="reference", bias_correction="step_size"
+    lr, b1, b2, eps, speed_limit=1e9, formula="reference", bias_correction="step_size"
   )
   params = jnp.zeros(1)
   updates, _ = jax.jit(tx.update)(jnp.full(1, g), tx.init(params), params)
@@ -259,8 +257,8 @@ def test_step_size_bias_correction_first_step():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [dict(bias_correction="torch"), dict(bias_correction="step_size", nesterov=True)],
+  "kwargs",
+  [dict(bias_correction="torch"), dict(bias_correction="step_size", nesterov=True)],
 )
 def test_bias_correction_is_validated(kwargs):
   for make in (relax_optax.relativistic_adam, relax_optax.relativistic_adamw):

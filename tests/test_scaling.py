@@ -46,8 +46,8 @@ def _np_scale(tree, c, mode, formula):
     out = [_np_formula(x.ravel(), c, formula).reshape(x.shape) for x in leaves]
   else:
     out = [
-        np.array([_np_formula(e[None], c, formula)[0] for e in x.ravel()]).reshape(x.shape)
-        for x in leaves
+      np.array([_np_formula(e[None], c, formula)[0] for e in x.ravel()]).reshape(x.shape)
+      for x in leaves
     ]
   return jax.tree.unflatten(treedef, out)
 
@@ -60,30 +60,27 @@ def _groups(u_tree, v_tree, mode):
     return [(np.concatenate(us), np.concatenate(vs))]
   if mode == "per_param":
     return list(zip(us, vs, strict=True))
-  return [
-      (u[i : i + 1], v[i : i + 1]) for u, v in zip(us, vs, strict=True) for i in range(u.size)
-  ]
+  return [(u[i : i + 1], v[i : i + 1]) for u, v in zip(us, vs, strict=True) for i in range(u.size)]
 
 
 def _tree(rng, scale):
   return {
-      "w": scale * rng.standard_normal((4, 3)).astype(np.float32),
-      "b": scale * rng.standard_normal((3,)).astype(np.float32),
-      "s": np.float32(scale * rng.standard_normal()),
+    "w": scale * rng.standard_normal((4, 3)).astype(np.float32),
+    "b": scale * rng.standard_normal((3,)).astype(np.float32),
+    "s": np.float32(scale * rng.standard_normal()),
   }
 
 
 class TestAgainstNumPy(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_matches_the_formula_table(self):
     rng = np.random.default_rng(0)
     for mode in MODES:
       for formula in FORMULAS:
         fn = self.variant(
-            lambda t, c, mode=mode, formula=formula: relax_optax.relativistic_scale(
-                t, c, mode=mode, formula=formula
-            )
+          lambda t, c, mode=mode, formula=formula: relax_optax.relativistic_scale(
+            t, c, mode=mode, formula=formula
+          )
         )
         for scale in (1e-3, 0.05, 0.3, 3.0, 1e3):
           tree = _tree(rng, scale)
@@ -93,9 +90,16 @@ class TestAgainstNumPy(chex.TestCase):
 
 
 @pytest.mark.parametrize(
-    "ratio, speed",
-    [(0.5, 0.433), (0.707, 0.500), (0.9, 0.392), (0.99, 0.140), (0.999, 0.045), (1.0, 0.762),
-     (2.0, 0.964)],
+  "ratio, speed",
+  [
+    (0.5, 0.433),
+    (0.707, 0.500),
+    (0.9, 0.392),
+    (0.99, 0.140),
+    (0.999, 0.045),
+    (1.0, 0.762),
+    (2.0, 0.964),
+  ],
 )
 def test_reference_formula_reproduces_design_table(ratio, speed):
   # The measured table of DESIGN.md: the original formula is neither
@@ -110,8 +114,7 @@ def test_reference_formula_is_discontinuous_and_lorentz_is_not():
   below = jnp.array([1.0 - 1e-4])
   above = jnp.array([1.0])
   ref = [
-      float(relax_optax.relativistic_scale(x, 1.0, formula="reference")[0])
-      for x in (below, above)
+    float(relax_optax.relativistic_scale(x, 1.0, formula="reference")[0]) for x in (below, above)
   ]
   lor = [float(relax_optax.relativistic_scale(x, 1.0)[0]) for x in (below, above)]
   assert ref[1] - ref[0] > 0.7
@@ -123,8 +126,8 @@ def test_global_on_one_leaf_equals_per_param(formula):
   u = {"w": jnp.arange(-3.0, 3.0).reshape(2, 3)}
   for c in (0.1, 1.0, 100.0):
     chex.assert_trees_all_close(
-        relax_optax.relativistic_scale(u, c, mode="global", formula=formula),
-        relax_optax.relativistic_scale(u, c, mode="per_param", formula=formula),
+      relax_optax.relativistic_scale(u, c, mode="global", formula=formula),
+      relax_optax.relativistic_scale(u, c, mode="per_param", formula=formula),
     )
 
 
@@ -132,8 +135,8 @@ def test_global_on_one_leaf_equals_per_param(formula):
 def test_per_component_on_scalars_equals_per_param(formula):
   u = [jnp.float32(x) for x in (-5.0, -0.3, 0.0, 0.05, 2.0)]
   chex.assert_trees_all_close(
-      relax_optax.relativistic_scale(u, 0.5, mode="per_component", formula=formula),
-      relax_optax.relativistic_scale(u, 0.5, mode="per_param", formula=formula),
+    relax_optax.relativistic_scale(u, 0.5, mode="per_component", formula=formula),
+    relax_optax.relativistic_scale(u, 0.5, mode="per_param", formula=formula),
   )
 
 
@@ -144,8 +147,9 @@ def test_global_is_one_factor_for_the_whole_tree():
   # Per leaf, each is scaled by its own norm instead: 3/hypot(1, 3/5), ...
   w = relax_optax.relativistic_scale(u, 5.0, mode="per_param")
   chex.assert_trees_all_close(
-      w, {"a": jnp.array([3.0 / math.hypot(1, 0.6)]), "b": jnp.array([4.0 / math.hypot(1, 0.8)])},
-      rtol=1e-6,
+    w,
+    {"a": jnp.array([3.0 / math.hypot(1, 0.6)]), "b": jnp.array([4.0 / math.hypot(1, 0.8)])},
+    rtol=1e-6,
   )
 
 
@@ -155,9 +159,7 @@ def test_none_and_masked_leaves_pass_through():
     v = relax_optax.relativistic_scale(u, 0.1, mode=mode)
     assert v["none"] is None
     assert isinstance(v["masked"], optax.MaskedNode)
-    chex.assert_trees_all_close(
-        v["a"], relax_optax.relativistic_scale(u["a"], 0.1, mode=mode)
-    )
+    chex.assert_trees_all_close(v["a"], relax_optax.relativistic_scale(u["a"], 0.1, mode=mode))
 
 
 # ---------------------------------------------------------------------------
@@ -192,7 +194,7 @@ def test_zero_update_and_zero_speed_limit_give_zero(mode, formula):
   zeros = {"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)}
   ones = jax.tree.map(jnp.ones_like, zeros)
   chex.assert_trees_all_equal(
-      relax_optax.relativistic_scale(zeros, 0.1, mode=mode, formula=formula), zeros
+    relax_optax.relativistic_scale(zeros, 0.1, mode=mode, formula=formula), zeros
   )
   # A constant c must be > 0; a traced one (a schedule that starts at 0, or
   # goes negative) gives a zero update.
@@ -213,9 +215,9 @@ def test_differentiable_everywhere_including_zero(mode, formula):
     gu, gc = jax.grad(f, argnums=(0, 1))(u, 1.0)
     chex.assert_tree_all_finite((gu, gc))
   # At u = 0 the map is the identity to first order: its Jacobian is I.
-  jac = jax.jacobian(
-      lambda u: relax_optax.relativistic_scale(u, 1.0, mode=mode, formula=formula)
-  )(jnp.zeros(3))
+  jac = jax.jacobian(lambda u: relax_optax.relativistic_scale(u, 1.0, mode=mode, formula=formula))(
+    jnp.zeros(3)
+  )
   chex.assert_trees_all_close(jac, jnp.eye(3), atol=1e-6)
 
 
@@ -238,8 +240,15 @@ def test_invalid_arguments_raise_value_errors():
     relax_optax.relativistic_scale(u, 1.0, mode="layer")
   with pytest.raises(ValueError, match=r"formula must be one of .*lorentz"):
     relax_optax.relativistic_scale(u, 1.0, formula="sigmoid")
-  for bad in (0.0, -1.0, float("nan"), -float("inf"), jnp.array(-0.1), jnp.array(jnp.nan),
-              np.float32(0.0)):
+  for bad in (
+    0.0,
+    -1.0,
+    float("nan"),
+    -float("inf"),
+    jnp.array(-0.1),
+    jnp.array(jnp.nan),
+    np.float32(0.0),
+  ):
     with pytest.raises(ValueError, match=r"speed_limit must be a number in \(0, inf\]"):
       relax_optax.relativistic_scale(u, bad)
   for bad in (None, "1.0", [1.0], True, jnp.ones(2), 1j):
@@ -284,8 +293,10 @@ speed_limits = st.floats(1e-3, 1e3)
 
 @_SETTINGS
 @hypothesis.given(
-    data=updates_trees(), c=speed_limits, mode=st.sampled_from(MODES),
-    formula=st.sampled_from(FORMULAS),
+  data=updates_trees(),
+  c=speed_limits,
+  mode=st.sampled_from(MODES),
+  formula=st.sampled_from(FORMULAS),
 )
 def test_speed_limit_direction_and_contraction(data, c, mode, formula):
   u, dtype = data
@@ -309,30 +320,31 @@ def test_speed_limit_direction_and_contraction(data, c, mode, formula):
 
 @_SETTINGS
 @hypothesis.given(
-    data=updates_trees(), c=speed_limits, mode=st.sampled_from(MODES),
-    formula=st.sampled_from(FORMULAS),
+  data=updates_trees(),
+  c=speed_limits,
+  mode=st.sampled_from(MODES),
+  formula=st.sampled_from(FORMULAS),
 )
 def test_odd(data, c, mode, formula):
   u, _ = data
   v = _scale(u, c, mode=mode, formula=formula)
-  v_neg = _scale(
-      jax.tree.map(jnp.negative, u), c, mode=mode, formula=formula
-  )
+  v_neg = _scale(jax.tree.map(jnp.negative, u), c, mode=mode, formula=formula)
   chex.assert_trees_all_equal(v_neg, jax.tree.map(jnp.negative, v))
 
 
 @_SETTINGS
 @hypothesis.given(
-    data=updates_trees(), c=speed_limits, mode=st.sampled_from(MODES),
-    formula=st.sampled_from(("lorentz", "tanh")), t=st.floats(1.0, 1e3),
+  data=updates_trees(),
+  c=speed_limits,
+  mode=st.sampled_from(MODES),
+  formula=st.sampled_from(("lorentz", "tanh")),
+  t=st.floats(1.0, 1e3),
 )
 def test_monotone_in_the_norm(data, c, mode, formula, t):
   u, dtype = data
   hypothesis.assume(dtype == jnp.float32)  # scaling by t must not round u.
   v1 = _scale(u, c, mode=mode, formula=formula)
-  v2 = _scale(
-      jax.tree.map(lambda x: x * np.float32(t), u), c, mode=mode, formula=formula
-  )
+  v2 = _scale(jax.tree.map(lambda x: x * np.float32(t), u), c, mode=mode, formula=formula)
   for (_, g1), (_, g2) in zip(_groups(u, v1, mode), _groups(u, v2, mode), strict=True):
     assert np.linalg.norm(g2) >= np.linalg.norm(g1) * (1 - 1e-6)
 
@@ -402,9 +414,9 @@ def test_complex_updates_use_the_modulus_and_keep_the_phase(mode, formula, dtype
     q = (norms[k] / c) ** 2
     rho = np.sqrt(q)
     f = {
-        "lorentz": 1 / np.sqrt(1 + q),
-        "tanh": np.tanh(rho) / rho,
-        "reference": np.where(q < 1, np.sqrt(np.maximum(1 - q, 0)), np.tanh(rho) / rho),
+      "lorentz": 1 / np.sqrt(1 + q),
+      "tanh": np.tanh(rho) / rho,
+      "reference": np.where(q < 1, np.sqrt(np.maximum(1 - q, 0)), np.tanh(rho) / rho),
     }[formula]
     np.testing.assert_allclose(got[k], x * f, rtol=2e-6, atol=1e-7)
 

@@ -15,13 +15,12 @@ MODES = ("global", "per_param", "per_component")
 def _updates(scale=1.0):
   rng = np.random.default_rng(1)
   return {
-      "w": jnp.asarray(scale * rng.standard_normal((5, 4)), jnp.float32),
-      "b": jnp.asarray(scale * rng.standard_normal(4), jnp.float32),
+    "w": jnp.asarray(scale * rng.standard_normal((5, 4)), jnp.float32),
+    "b": jnp.asarray(scale * rng.standard_normal(4), jnp.float32),
   }
 
 
 class ScaleByRelativisticTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_applies_relativistic_scale(self):
     for mode in MODES:
@@ -76,7 +75,7 @@ class ScaleByRelativisticTest(chex.TestCase):
     for i in range(3):
       one = jax.tree.map(lambda x, i=i: x[i], batch)
       chex.assert_trees_all_close(
-          jax.tree.map(lambda x, i=i: x[i], got), tx.update(one, state)[0], rtol=1e-6
+        jax.tree.map(lambda x, i=i: x[i], got), tx.update(one, state)[0], rtol=1e-6
       )
 
   def test_validation_at_construction(self):
@@ -105,8 +104,9 @@ class ScaleByRelativisticTest(chex.TestCase):
     # The docstring's composition: v = scale(-lr · adam(g)).
     g = _updates()
     tx = optax.chain(
-        optax.scale_by_adam(), optax.scale_by_learning_rate(0.5),
-        relax_optax.scale_by_relativistic(0.1),
+      optax.scale_by_adam(),
+      optax.scale_by_learning_rate(0.5),
+      relax_optax.scale_by_relativistic(0.1),
     )
     adam = optax.adam(0.5)
     v, _ = tx.update(g, tx.init(g))
