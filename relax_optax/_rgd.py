@@ -47,7 +47,7 @@ def rgd(
   learning_rate: optax.ScalarOrSchedule,
   momentum: jax.typing.ArrayLike = 0.9,
   speed_limit: optax.ScalarOrSchedule = 1.0,
-  alpha: float | jax.Array | None = None,
+  alpha: float | None = None,
   *,
   mode: Mode = "global",
 ) -> optax.GradientTransformation:
