@@ -644,6 +644,96 @@ def print_tables(res: dict) -> list[str]:
   return lines
 
 
+def _med(rows) -> list[float]:
+  """Median over seeds per grid point; NaN where a seed diverged."""
+  rows = np.asarray(rows, float)
+  return [float(np.median(r)) if np.all(np.isfinite(r)) else np.nan for r in rows]
+
+
+def _cell(x: float, fmt: str = ".3f") -> str:
+  return "diverged" if not np.isfinite(x) else format(x, fmt)
+
+
+def _sens_cell(s) -> str:
+  s = np.asarray(s, float)
+  return f"{s.mean():.3f} ({s.min():.3f}–{s.max():.3f})"
+
+
+def markdown_tables(data: dict) -> str:
+  """The results as Markdown tables (for docs/results/lm_stability.md)."""
+  out = []
+  p = out.append
+  for res in data["results"]:
+    lrs, cs, arms_ = res["lrs"], res["c_entry"], res["arms"]
+    p(f"#### {res['domain']} ({res['info']['n_params']:,} parameters)\n")
+    p(
+      f"Final validation loss (median over seeds, capped arms at c_entry ="
+      f" {res['c_default_entry']:g}), LR sensitivity (mean, range over seeds), best"
+      " validation loss over the sweep:\n"
+    )
+    p("| arm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | LR sensitivity | best val |")
+    p("| --- |" + " ---: |" * (len(lrs) + 2))
+    for name, r in arms_.items():
+      best = np.nanmin(np.asarray(r["lr_sweep"]["best_val"], float))
+      p(
+        f"| `{name}` | "
+        + " | ".join(_cell(m) for m in _med(r["lr_sweep"]["final_val"]))
+        + f" | {_sens_cell(r['lr_sensitivity'])} | {best:.3f} |"
+      )
+    p(
+      f"\nThe decisive test: final validation loss vs the cap c_entry at lr = {res['c_lr']:g},"
+      " sensitivity in c next to sensitivity in LR (AdamW's LR sensitivity:"
+      f" {np.mean(arms_['adamw']['lr_sensitivity']):.3f}):\n"
+    )
+    p("| arm | " + " | ".join(f"c {c:g}" for c in cs) + " | c sensitivity | LR sensitivity |")
+    p("| --- |" + " ---: |" * (len(cs) + 2))
+    for name, r in arms_.items():
+      if "c_sweep" in r:
+        p(
+          f"| `{name}` | "
+          + " | ".join(_cell(m) for m in _med(r["c_sweep"]["final_val"]))
+          + f" | {_sens_cell(r['c_sensitivity'])} | {_sens_cell(r['lr_sensitivity'])} |"
+        )
+    p(
+      f"\nFraction of (step, group) pairs where the cap binds (c_entry ="
+      f" {res['c_default_entry']:g}, mean over seeds), per LR, and in the c sweep:\n"
+    )
+    p(
+      "| arm | "
+      + " | ".join(f"lr {lr:g}" for lr in lrs)
+      + " | "
+      + " | ".join(f"c {c:g}" for c in cs)
+      + " |"
+    )
+    p("| --- |" + " ---: |" * (len(lrs) + len(cs)))
+    for name, r in arms_.items():
+      if r["lr_sweep"]["bind_fraction"] is not None:
+        b = np.mean(r["lr_sweep"]["bind_fraction"], 1).tolist()
+        b += np.mean(r["c_sweep"]["bind_fraction"], 1).tolist()
+        p(f"| `{name}` | " + " | ".join(f"{x:.2f}" for x in b) + " |")
+    lm = res["domain"].startswith("lm")
+    key = "max_attn_logit" if lm else "max_out_logit_rms"
+    p(
+      "\n"
+      + (
+        "Largest attention logit over training" if lm else "Largest output-logit RMS over training"
+      )
+      + " (median over seeds), and mean update RMS per entry, per LR:\n"
+    )
+    p("| arm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |")
+    p("| --- |" + " ---: |" * len(lrs))
+    for name, r in arms_.items():
+      a = np.median(np.asarray(r["lr_sweep"][key], float), 1)
+      u = np.median(np.asarray(r["lr_sweep"]["mean_update_rms"], float), 1)
+      p(
+        f"| `{name}` | "
+        + " | ".join(f"{x:.3g} / {y:.2g}" for x, y in zip(a, u, strict=True))
+        + " |"
+      )
+    p("")
+  return "\n".join(out)
+
+
 def headline(res: dict) -> str:
   """AdamW's LR sensitivity vs each relativistic arm's in LR and in c."""
   a = res["arms"]
@@ -739,6 +829,43 @@ def plot(results: list[dict], path: Path) -> None:
       else "largest output-logit RMS over training (median over seeds)"
     )
     row[3].grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=70)
+  plt.close(fig)
+
+
+def plot_logit_growth(results: list[dict], path: Path, lrs=(1e-2, 1e-1, 1.0)) -> None:
+  """Largest attention logit (transformer) or output-logit RMS (MLP) vs step, seed 0."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  cmap = plt.get_cmap("tab20")
+  fig, axes = plt.subplots(
+    len(results), len(lrs), figsize=(6 * len(lrs), 4.5 * len(results)), squeeze=False
+  )
+  for row, res in zip(axes, results, strict=True):
+    lm = res["domain"].startswith("lm")
+    key = "max_attn_logit" if lm else "out_logit_rms"
+    for ax, lr in zip(row, lrs, strict=True):
+      if lr not in res["lrs"]:
+        ax.axis("off")
+        continue
+      j = res["lrs"].index(lr)
+      for i, (name, r) in enumerate(res["arms"].items()):
+        y = np.asarray(r["lr_curves_seed0"][key][j], float)
+        style = "-" if name.startswith("relativistic") else "--"
+        ax.plot(10 * np.arange(1, y.size + 1), y, style, color=cmap(i % 20), label=name)
+      ax.set_yscale("log")
+      ax.set_xlabel("step")
+      ax.set_title(
+        f"{res['domain']}, lr = {lr:g}: "
+        + ("largest attention logit" if lm else "output-logit RMS")
+        + " (seed 0)"
+      )
+      ax.grid(alpha=0.3)
+    row[0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=70)
   plt.close(fig)
@@ -884,6 +1011,10 @@ def main(argv=None) -> None:
     action="store_true",
     help="only time relativistic_adamw vs optax.adamw (1-2 minutes)",
   )
+  parser.add_argument(
+    "--tables", type=Path, default=None, help="only print Markdown tables from a results JSON"
+  )
+  parser.add_argument("--replot", action="store_true", help="with --tables: redraw its PNGs")
   parser.add_argument("--domains", nargs="+", default=["lm", "digits"])
   parser.add_argument("--arms", nargs="*", default=None, help="a subset of arms (by name)")
   parser.add_argument("--lrs", type=float, nargs="+", default=LRS)
@@ -912,6 +1043,14 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   if args.step_time:
     step_time(args)
+    return
+  if args.tables:
+    data = json.loads(args.tables.read_text())
+    print(markdown_tables(data))
+    if args.replot:
+      out = args.tables.with_suffix("")
+      plot(data["results"], out.with_suffix(".png"))
+      plot_logit_growth(data["results"], out.parent / (out.name + "_logits.png"))
     return
   if args.quick:
     args.lrs, args.c_entry, args.seeds = [1e-2, 1.0], [1e-3, 1e-1], 2
@@ -978,6 +1117,7 @@ def main(argv=None) -> None:
 
   args.out.parent.mkdir(parents=True, exist_ok=True)
   plot(results, args.out.with_suffix(".png"))
+  plot_logit_growth(results, args.out.parent / (args.out.name + "_logits.png"))
   config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
   config |= {
     "seconds": elapsed,
@@ -993,6 +1133,8 @@ def main(argv=None) -> None:
   )
   heads = [headline(res) for res in results]
   lines += ["", *heads]
+  md = markdown_tables({"config": config, "results": results})
+  (args.out.parent / (args.out.name + "_tables.md")).write_text(md)
   args.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
   print(f"\nwrote {args.out.with_suffix('.png')}, .json, .txt ({elapsed:.0f} s)")
   for h in heads:
