@@ -144,6 +144,8 @@ class Arm(NamedTuple):
   qk_norm: bool = False
   z_loss: float = 0.0
   warmup_factor: float = 1.0
+  scheduled_c: bool = False  # c follows the LR's warm-up and cosine decay: c · s(t)
+  extra: bool = False  # not in the issue's list: runs only when named in --arms
 
 
 def _adam(lr, *after):
@@ -195,8 +197,23 @@ def arms(domain: str, n_params: int) -> list[Arm]:
       _relativistic("per_param", "reference"),
       cap="per_param_reference",
     ),
+    Arm(
+      "relativistic global, scheduled c",
+      _relativistic("global"),
+      cap="global",
+      scheduled_c=True,
+      extra=True,
+    ),
   ]
   return [a for a in out if domain == "lm" or not a.qk_norm]
+
+
+def selected(domain: str, names: list[str] | None, n_params: int = 1) -> list[Arm]:
+  """The arms a run trains: ``adamw`` (the reference of every comparison) and ``names``
+  if given, else every arm of the issue's list."""
+  return [
+    a for a in arms(domain, n_params) if (a.name in [*names, "adamw"] if names else not a.extra)
+  ]
 
 
 def cap_scale(cap: str, params: Any) -> float:
@@ -382,8 +399,12 @@ def make_runner(
     0.0, 1.0, int(warmup * arm.warmup_factor), steps, end_value=0.0
   )
 
+  def cap_at(c_entry, t):
+    return c_entry * c_scale * (factor(t) if arm.scheduled_c else 1.0)
+
   def tx_for(lr, c_entry):
-    inner = arm.make(lambda t: lr * factor(t), c_entry * c_scale)
+    c = c_entry * c_scale
+    inner = arm.make(lambda t: lr * factor(t), (lambda t: c * factor(t)) if arm.scheduled_c else c)
     return optax.chain(optax.clip_by_global_norm(1.0), inner)
 
   def loss_fn(params, batch):
@@ -394,7 +415,6 @@ def make_runner(
 
   def run(carry, lr, c_entry, start):
     tx = tx_for(lr, c_entry)
-    c = c_entry * c_scale
 
     def step(carry, t):
       params, opt_state, key = carry
@@ -408,7 +428,7 @@ def make_runner(
         "out_logit_rms": aux["out_logit_rms"],
         "log_z": aux["log_z"],
         "update_rms": _norm(updates) / np.sqrt(n),
-        "bind": binding(arm.cap, updates, c),
+        "bind": binding(arm.cap, updates, cap_at(c_entry, t)),
       }
       # Independent weight decay (Wortsman et al.): not multiplied by the learning rate.
       decay = WEIGHT_DECAY * factor(t)
@@ -538,9 +558,7 @@ def run_domain(domain: Domain, args, seeds: list[int], bar: tqdm) -> dict:
     "c_default_entry": args.speed_limit,
     "arms": {},
   }
-  for arm in arms(domain.name.split()[0], n_params):
-    if args.arms and arm.name not in args.arms:
-      continue
+  for arm in selected(domain.name.split()[0], args.arms, n_params):
     bar.set_description(f"{domain.name}: {arm.name}"[:40])
     t0 = time.perf_counter()
     kw = {
@@ -572,6 +590,14 @@ def run_domain(domain: Domain, args, seeds: list[int], bar: tqdm) -> dict:
   return out
 
 
+def best_val(r: dict) -> float:
+  """Best validation loss of an arm: per seed the lowest over LRs and evaluations,
+  then the mean over seeds (NaN-free: a diverged run has no finite evaluation)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return float(np.mean(np.nanmin(np.asarray(r["lr_sweep"]["best_val"], float), 0)))
+
+
 def _fmt_sens(s) -> str:
   s = np.asarray(s)
   return f"{s.mean():.3f} ({s.min():.3f}..{s.max():.3f})"
@@ -595,7 +621,7 @@ def print_tables(res: dict) -> list[str]:
   for name, r in res["arms"].items():
     final = np.asarray(r["lr_sweep"]["final_val"], float)
     med = [np.median(row) if np.all(np.isfinite(row)) else np.nan for row in final]
-    best = np.nanmin(np.asarray(r["lr_sweep"]["best_val"], float))
+    best = best_val(r)
     p(
       f"{name:<34s}"
       + "".join(f" {m:>7.3f}" for m in med)
@@ -669,12 +695,12 @@ def markdown_tables(data: dict) -> str:
     p(
       f"Final validation loss (median over seeds, capped arms at c_entry ="
       f" {res['c_default_entry']:g}), LR sensitivity (mean, range over seeds), best"
-      " validation loss over the sweep:\n"
+      " validation loss (per seed the lowest over LRs and evaluations; mean over seeds):\n"
     )
     p("| arm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | LR sensitivity | best val |")
     p("| --- |" + " ---: |" * (len(lrs) + 2))
     for name, r in arms_.items():
-      best = np.nanmin(np.asarray(r["lr_sweep"]["best_val"], float))
+      best = best_val(r)
       p(
         f"| `{name}` | "
         + " | ".join(_cell(m) for m in _med(r["lr_sweep"]["final_val"]))
@@ -1016,7 +1042,9 @@ def main(argv=None) -> None:
   )
   parser.add_argument("--replot", action="store_true", help="with --tables: redraw its PNGs")
   parser.add_argument("--domains", nargs="+", default=["lm", "digits"])
-  parser.add_argument("--arms", nargs="*", default=None, help="a subset of arms (by name)")
+  parser.add_argument(
+    "--arms", nargs="*", default=None, help="a subset of arms by name (adamw always runs)"
+  )
   parser.add_argument("--lrs", type=float, nargs="+", default=LRS)
   parser.add_argument("--c-entry", type=float, nargs="+", default=C_ENTRY)
   parser.add_argument("--c-lr", type=float, default=1.0, help="learning rate of the c sweep")
@@ -1051,6 +1079,9 @@ def main(argv=None) -> None:
       out = args.tables.with_suffix("")
       plot(data["results"], out.with_suffix(".png"))
       plot_logit_growth(data["results"], out.parent / (out.name + "_logits.png"))
+      lines = [line for res in data["results"] for line in print_tables(res)]
+      lines += ["", *[headline(res) for res in data["results"]]]
+      out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
     return
   if args.quick:
     args.lrs, args.c_entry, args.seeds = [1e-2, 1.0], [1e-3, 1e-1], 2
@@ -1083,15 +1114,9 @@ def main(argv=None) -> None:
     ]
   if "digits" in args.domains:
     domains.append(digits_domain(width=args.digits_width, depth=args.digits_depth, batch=128))
-  n_arms = {
-    d.name: len([a for a in arms(d.name.split()[0], 1) if not args.arms or a.name in args.arms])
-    for d in domains
-  }
+  n_arms = {d.name: len(selected(d.name.split()[0], args.arms)) for d in domains}
   n_cap = {
-    d.name: len(
-      [a for a in arms(d.name.split()[0], 1) if a.cap and (not args.arms or a.name in args.arms)]
-    )
-    for d in domains
+    d.name: len([a for a in selected(d.name.split()[0], args.arms) if a.cap]) for d in domains
   }
   total = sum(
     (args.steps if d.name.startswith("lm") else args.digits_steps)
