@@ -603,8 +603,8 @@ def _fmt_sens(s) -> str:
   return f"{s.mean():.3f} ({s.min():.3f}..{s.max():.3f})"
 
 
-def print_tables(res: dict) -> list[str]:
-  """Prints the domain's tables; returns its lines (for the .txt file)."""
+def print_tables(res: dict, echo: bool = True) -> list[str]:
+  """Prints the domain's tables (if ``echo``); returns its lines (for the .txt file)."""
   lines = []
   p = lines.append
   lrs, cs = res["lrs"], res["c_entry"]
@@ -665,8 +665,8 @@ def print_tables(res: dict) -> list[str]:
     a = np.median(np.asarray(r["lr_sweep"]["max_attn_logit"], float), 1)
     o = np.median(np.asarray(r["lr_sweep"]["max_out_logit_rms"], float), 1)
     p(f"{name:<34s}" + "".join(f" {x:>5.3g}/{y:<5.3g}" for x, y in zip(a, o, strict=True)))
-  for line in lines:
-    print(line)
+  if echo:
+    print("\n".join(lines))
   return lines
 
 
@@ -1079,7 +1079,7 @@ def main(argv=None) -> None:
       out = args.tables.with_suffix("")
       plot(data["results"], out.with_suffix(".png"))
       plot_logit_growth(data["results"], out.parent / (out.name + "_logits.png"))
-      lines = [line for res in data["results"] for line in print_tables(res)]
+      lines = [line for res in data["results"] for line in print_tables(res, echo=False)]
       lines += ["", *[headline(res) for res in data["results"]]]
       out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
     return
