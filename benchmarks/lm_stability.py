@@ -21,7 +21,9 @@ Arms (every one an ``optax.chain`` of Optax parts or of this library):
   global norm c; ``normalize_update``: ``optax.normalize_by_update_norm``, the
   step every global cap becomes at a very high learning rate;
 - ``relativistic_adam`` in modes ``global``, ``per_param``, ``per_component``
-  (formula ``lorentz``) and ``per_param`` with ``formula="reference"``.
+  (formula ``lorentz``) and ``per_param`` with ``formula="reference"``;
+- optional (``--arms "relativistic global, scheduled c"``): ``global`` with c
+  following the learning rate's warm-up and cosine decay.
 
 Units of c. A cap on a group of n entries (n = all parameters for the global
 caps, the mean tensor size for ``per_param``, 1 for ``per_component``) is set
@@ -49,11 +51,17 @@ classes) with a deep ReLU MLP without normalisation (``examples/high_lr_demo``'s
 ``MLP``), runs the same arms (less qk-layernorm) and grids.
 
 ``--step-time`` instead times the end-to-end train step of ``relativistic_adamw``
-vs ``optax.adamw`` on the default transformer (about a minute).
+vs ``optax.adamw`` on the default transformer (about 1.5 minutes).
+``--tables RESULTS.json [--replot]`` prints the Markdown tables of a finished run
+(and redraws its PNGs and .txt).
+
+Writes ``lm_stability.{json,png,txt}``, ``lm_stability_logits.png`` and
+``lm_stability_tables.md`` under ``benchmarks/results`` (``--step-time``:
+``lm_stability_step_time.json``).
 
 Run::
 
-  python benchmarks/lm_stability.py             # default: one model size, ~20 min on 2 cores
+  python benchmarks/lm_stability.py             # default: one model size; 26 min on 2 busy cores
   python benchmarks/lm_stability.py --full      # adds a wider, deeper model
   python benchmarks/lm_stability.py --quick     # a tiny grid, under a minute (the CI test)
   python benchmarks/lm_stability.py --step-time # step time vs optax.adamw, ~1-2 minutes
