@@ -87,7 +87,7 @@ from tqdm import tqdm
 
 import relax_optax
 from benchmarks import lm_model
-from benchmarks.lr_sensitivity import sensitivity
+from benchmarks._common import lr_sensitivity as sensitivity
 from examples.high_lr_demo import MLP
 
 RESULTS = Path(__file__).resolve().parent / "results"
