@@ -21,8 +21,8 @@ Rows:
 
 Run (on a quiet machine; the README says under what load its table was taken)::
 
-  python benchmarks/compile_time.py                  # 10, 100, 500, 2000 leaves
-  python benchmarks/compile_time.py --quick          # 10 and 100 leaves, lorentz only
+  python -m benchmarks.compile_time                  # 10, 100, 500, 2000 leaves
+  python -m benchmarks.compile_time --quick          # 10 and 100 leaves, lorentz only
 """
 
 from __future__ import annotations

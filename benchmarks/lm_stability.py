@@ -61,10 +61,10 @@ Writes ``lm_stability.{json,png,txt}``, ``lm_stability_logits.png`` and
 
 Run::
 
-  python benchmarks/lm_stability.py             # default: one model size; 26 min on 2 busy cores
-  python benchmarks/lm_stability.py --full      # adds a wider, deeper model
-  python benchmarks/lm_stability.py --quick     # a tiny grid, under a minute (the CI test)
-  python benchmarks/lm_stability.py --step-time # step time vs optax.adamw, ~1-2 minutes
+  python -m benchmarks.lm_stability             # default: one model size; 26 min on 2 busy cores
+  python -m benchmarks.lm_stability --full      # adds a wider, deeper model
+  python -m benchmarks.lm_stability --quick     # a tiny grid, under a minute (the CI test)
+  python -m benchmarks.lm_stability --step-time # step time vs optax.adamw, ~1-2 minutes
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ Needs the ``bench`` extra (``pip install -e ".[bench,examples]"``). Writes
 
 Run::
 
-  python benchmarks/rgd_nn.py           # about 2 minutes on 2 CPU cores
-  python benchmarks/rgd_nn.py --quick   # a few seconds
+  python -m benchmarks.rgd_nn           # about 2 minutes on 2 CPU cores
+  python -m benchmarks.rgd_nn --quick   # a few seconds
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def main(argv=None) -> dict:
     "cpu_count": os.cpu_count(),
     "platform": platform.platform(),
     "jax": jax.__version__,
-    "command": "python benchmarks/rgd_nn.py "
+    "command": "python -m benchmarks.rgd_nn "
     + " ".join(argv if argv is not None else sys.argv[1:]),
   }
 

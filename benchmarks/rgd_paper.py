@@ -42,11 +42,11 @@ under ``benchmarks/results``.
 
 Run::
 
-  python benchmarks/rgd_paper.py            # a few minutes on 2 CPU cores
-  python benchmarks/rgd_paper.py --quick    # < 30 s: 3 problems, small budget
-  python benchmarks/rgd_paper.py --budget 2048 --stem rgd_paper_budget2048
-  python benchmarks/rgd_paper.py --search-seed 1 --stem rgd_paper_search1
-  python benchmarks/rgd_paper.py --log-stepsize --stem rgd_paper_logstep
+  python -m benchmarks.rgd_paper            # a few minutes on 2 CPU cores
+  python -m benchmarks.rgd_paper --quick    # < 30 s: 3 problems, small budget
+  python -m benchmarks.rgd_paper --budget 2048 --stem rgd_paper_budget2048
+  python -m benchmarks.rgd_paper --search-seed 1 --stem rgd_paper_search1
+  python -m benchmarks.rgd_paper --log-stepsize --stem rgd_paper_logstep
 """
 
 from __future__ import annotations
@@ -672,7 +672,7 @@ def main(argv=None) -> dict:
     "platform": platform.platform(),
     "jax": jax.__version__,
     "optax": optax.__version__,
-    "command": "python benchmarks/rgd_paper.py "
+    "command": "python -m benchmarks.rgd_paper "
     + " ".join(argv if argv is not None else sys.argv[1:]),
   }
   text, best = table(results)
