@@ -6,6 +6,9 @@ Public API, all importable from the package root:
 - :func:`scale_by_relativistic`: the ``optax.GradientTransformation``.
 - :func:`relativistic_adam`, :func:`relativistic_adamw`: the optimizers.
 - :func:`speed_limit_warmup`: the ``adaptive_speed`` warm-up schedule.
+- :func:`scale_by_relative_speed_limit`: a limit relative to the run's own
+  recent update norms (a spike guard); :class:`RelativeSpeedLimit` selects it
+  in the optimizers.
 """
 
 from relax_optax._formulas import FORMULAS as FORMULAS
@@ -15,6 +18,9 @@ from relax_optax._groups import Mode as Mode
 from relax_optax._groups import relativistic_scale as relativistic_scale
 from relax_optax._recipes import relativistic_adam as relativistic_adam
 from relax_optax._recipes import relativistic_adamw as relativistic_adamw
+from relax_optax._relative import RelativeSpeedLimit as RelativeSpeedLimit
+from relax_optax._relative import ScaleByRelativeSpeedLimitState as ScaleByRelativeSpeedLimitState
+from relax_optax._relative import scale_by_relative_speed_limit as scale_by_relative_speed_limit
 from relax_optax._schedules import speed_limit_warmup as speed_limit_warmup
 from relax_optax._transform import ScaleByRelativisticState as ScaleByRelativisticState
 from relax_optax._transform import scale_by_relativistic as scale_by_relativistic
@@ -26,10 +32,13 @@ __all__ = (
   "MODES",
   "Formula",
   "Mode",
+  "RelativeSpeedLimit",
+  "ScaleByRelativeSpeedLimitState",
   "ScaleByRelativisticState",
   "relativistic_adam",
   "relativistic_adamw",
   "relativistic_scale",
+  "scale_by_relative_speed_limit",
   "scale_by_relativistic",
   "speed_limit_warmup",
 )
