@@ -59,10 +59,17 @@ class RelativeSpeedLimit(NamedTuple):
 
 
 class ScaleByRelativeSpeedLimitState(NamedTuple):
-  """State of :func:`scale_by_relative_speed_limit`: one entry per group."""
+  """State of :func:`scale_by_relative_speed_limit`: two scalars per group.
 
-  count: jax.Array  # shape=(groups,), dtype=jnp.int32: finite steps seen.
-  nu: jax.Array  # shape=(groups,), dtype=jnp.float32: EMA of ‖v‖² (not bias-corrected).
+  For ``mode="global"`` each field is one scalar; for ``"per_param"`` it is
+  a pytree like the updates with one scalar per array leaf (``None`` and
+  ``optax.MaskedNode`` leaves kept), so a layer's statistics can be read
+  (and its limit logged) by name. Scalars per group rather than one vector:
+  XLA compiles a vector sliced into every leaf's fusion several times slower.
+  """
+
+  count: optax.Updates  # shape=() per group, dtype=jnp.int32: finite steps seen.
+  nu: optax.Updates  # shape=() per group, dtype=jnp.float32: EMA of ‖v‖² (uncorrected).
 
 
 def check_relative_args(k: Any, decay: Any, warmup_steps: Any, mode: Any) -> None:
@@ -175,8 +182,8 @@ def scale_by_relative_speed_limit(
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a
-    :class:`ScaleByRelativeSpeedLimitState` (``count`` and ``nu``, one entry
-    per group: shape ``(1,)`` for ``"global"``, ``(leaves,)`` for
+    :class:`ScaleByRelativeSpeedLimitState` (``count`` and ``nu``: one
+    scalar for ``"global"``, a pytree of one scalar per leaf for
     ``"per_param"``).
 
   Raises:
@@ -233,49 +240,77 @@ def _scale_by_relative_speed_limit(
 ) -> optax.GradientTransformation:
   """:func:`scale_by_relative_speed_limit` without validation (for the recipes)."""
 
-  def groups(tree: Any) -> int:
-    n = sum(
-      1 for x in jax.tree.leaves(tree, is_leaf=lambda x: not _is_array_leaf(x)) if _is_array_leaf(x)
-    )
-    return 1 if mode == "global" else n
+  non_array = lambda x: not _is_array_leaf(x)  # None, MaskedNode: kept as they are
+
+  def per_group(zero: jax.Array, params: optax.Params) -> optax.Updates:
+    if mode == "global":
+      return zero
+    return jax.tree.map(lambda x: zero if _is_array_leaf(x) else x, params, is_leaf=non_array)
+
+  def groups(tree: optax.Updates) -> list[jax.Array]:
+    if mode == "global":
+      return [tree]
+    return [x for x in jax.tree.leaves(tree, is_leaf=non_array) if _is_array_leaf(x)]
 
   def init_fn(params: optax.Params) -> ScaleByRelativeSpeedLimitState:
-    g = groups(params)
     return ScaleByRelativeSpeedLimitState(
-      count=jnp.zeros([g], jnp.int32), nu=jnp.zeros([g], jnp.float32)
+      count=per_group(jnp.zeros([], jnp.int32), params),
+      nu=per_group(jnp.zeros([], jnp.float32), params),
     )
 
   def update_fn(updates, state, params=None, *, norm_sources=None):
     del params
-    leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: not _is_array_leaf(x))
+    leaves, treedef = jax.tree.flatten(updates, is_leaf=non_array)
     positions = [i for i, x in enumerate(leaves) if _is_array_leaf(x)]
     if not positions:
       return updates, state
     arrays = [jnp.asarray(leaves[i]) for i in positions]
     f32 = jnp.float32
-    count, nu = state.count, state.nu
-    # s² = ν / (1 - β^n): the bias-corrected mean of ‖v‖² (0 before any data).
-    seen = count > 0
-    s2 = nu / jnp.where(seen, _one_minus_power(decay, count.astype(f32)), 1)
-    s = jnp.sqrt(s2)
-    k_f = jnp.asarray(k, f32)
-    # A running RMS below the smallest normal number is no scale: measure.
-    known = s2 >= jnp.finfo(f32).tiny
-    warm = known & (count >= warmup_steps)
-    c = jnp.where(warm, jnp.sqrt(1 + k_f * k_f) * s, _MEASURE * jnp.where(known, s, 1))
-    limits = c[0] if mode == "global" else list(c)
-    out, qs = scale_leaves(arrays, limits, mode, "lorentz", axis_name, norm_sources, return_q=True)
-    q = jnp.stack(qs).astype(f32)
-    # ‖v‖ = c·sqrt(q)·f(q): the limited norm, from the core's q and factor.
-    v2 = jnp.square(c * jnp.sqrt(q) * speed_factor(q, "lorentz"))
-    # NaN q fails the comparison; q >= 2^80 is an infinite or overflowing
-    # entry; an overflowing ‖v‖² (‖v‖ > 1.8e19) would poison ν too.
-    finite = (q < _Q_MAX) & jnp.isfinite(v2)
-    decay_f = jnp.asarray(decay, f32)
-    new_state = ScaleByRelativeSpeedLimitState(
-      count=jnp.where(finite, optax.safe_int32_increment(count), count),
-      nu=jnp.where(finite, decay_f * nu + (1 - decay_f) * v2, nu),
+    k_f, decay_f = jnp.asarray(k, f32), jnp.asarray(decay, f32)
+    counts, nus = groups(state.count), groups(state.nu)
+
+    def limit(count: jax.Array, nu: jax.Array) -> jax.Array:
+      # s² = ν / (1 - β^n): the bias-corrected mean of ‖v‖² (0 before any data).
+      s2 = nu / jnp.where(count > 0, _one_minus_power(decay, count.astype(f32)), 1)
+      # A running RMS below the smallest normal number is no scale: measure.
+      known = s2 >= jnp.finfo(f32).tiny
+      warm = known & (count >= warmup_steps)
+      # c² = (1 + k²)·s² when warm, else (2^20·s)² (s = 1 when not known).
+      return jnp.sqrt(jnp.where(known, s2, 1) * jnp.where(warm, 1 + k_f * k_f, _MEASURE**2))
+
+    cs = [limit(n, v) for n, v in zip(counts, nus, strict=True)]
+    out, qs = scale_leaves(
+      arrays,
+      cs[0] if mode == "global" else cs,
+      mode,
+      "lorentz",
+      axis_name,
+      norm_sources,
+      return_q=True,
     )
+
+    def statistics(count, nu, c, q):
+      q = q.astype(f32)
+      # ‖v‖ = c·sqrt(q)·f(q): the limited norm, from the core's q and factor.
+      v2 = jnp.square(c * speed_factor(q, "lorentz")) * q
+      # NaN q fails the comparison; q >= 2^80 is an infinite or overflowing
+      # entry; an overflowing ‖v‖² (‖v‖ > 1.8e19) would poison ν too.
+      finite = (q < _Q_MAX) & jnp.isfinite(v2)
+      new_count = jnp.where(finite, optax.safe_int32_increment(count), count)
+      return new_count, jnp.where(finite, decay_f * nu + (1 - decay_f) * v2, nu)
+
+    new = [statistics(*g) for g in zip(counts, nus, cs, qs, strict=True)]
+    if mode == "global":
+      new_state = ScaleByRelativeSpeedLimitState(*new[0])
+    else:
+      count_leaves, count_def = jax.tree.flatten(state.count, is_leaf=non_array)
+      nu_leaves = list(count_leaves)
+      slots = [i for i, x in enumerate(count_leaves) if _is_array_leaf(x)]
+      for i, (n, v) in zip(slots, new, strict=True):
+        count_leaves[i], nu_leaves[i] = n, v
+      new_state = ScaleByRelativeSpeedLimitState(
+        jax.tree.unflatten(count_def, count_leaves), jax.tree.unflatten(count_def, nu_leaves)
+      )
     for i, v in zip(positions, out, strict=True):
       leaves[i] = v
     return jax.tree.unflatten(treedef, leaves), new_state
