@@ -3,21 +3,22 @@
 The limit of each group (the whole update for ``"global"``, each leaf for
 ``"per_param"``) at step ``t`` is
 
-  ``c_t = sqrt(1 + k²) · s_{t-1}``,  ``s² = ν / (1 - β^n)``,
-  ``ν ← β·ν + (1 - β)·‖v‖²``,
+  ``c_t = sqrt(1 + k²) · s``,  then  ``s² ← s² + w_t·(‖v‖² - s²)``,
+  ``w_t = (1 - β)/(1 - β^t)`` (1 for a group's first finite step),
 
-an exponential moving average of the squared norms of the *limited* updates
-``v``, bias-corrected as Adam's second moment (``n`` finite steps seen), and
-``v = u / sqrt(1 + (‖u‖/c_t)²)`` is the ``lorentz`` scaling of
+``s²`` the bias-corrected exponential moving mean of the squared norms of the
+*limited* updates ``v`` (the same numbers as Adam's ``ν / (1 - β^t)``, updated
+in place), and ``v = u / sqrt(1 + (‖u‖/c_t)²)`` the ``lorentz`` scaling of
 :mod:`relax_optax._groups`. The factor ``sqrt(1 + k²)`` makes ``k`` a multiple
 of the *raw* update norm: for a stream of constant norm ``n`` the fixed point
 is exactly ``c = k·n`` (``‖v‖² = n²c²/(n² + c²)`` and ``c² = (1 + k²)‖v‖²``
 give ``c = k·n``), whatever the stream went through before.
 
 Norms are the core's: ``scale_leaves(..., return_q=True)`` returns each
-group's ``q = Σ min(|u/c|, 2^40)²``, so ``‖v‖² = c²·q·f(q)²`` with the
+group's ``q = Σ min(|u/c|, 2^40)²``, so ``‖v‖² = (c·f(q))²·q`` with the
 formula's factor ``f``, and the step costs one reduction per leaf, as
-``scale_by_relativistic``.
+``scale_by_relativistic``. Each group's state is one scalar and its work a
+few scalar operations; the step count and the weight ``w_t`` are shared.
 """
 
 from __future__ import annotations
@@ -59,17 +60,18 @@ class RelativeSpeedLimit(NamedTuple):
 
 
 class ScaleByRelativeSpeedLimitState(NamedTuple):
-  """State of :func:`scale_by_relative_speed_limit`: two scalars per group.
+  """State of :func:`scale_by_relative_speed_limit`.
 
-  For ``mode="global"`` each field is one scalar; for ``"per_param"`` it is
-  a pytree like the updates with one scalar per array leaf (``None`` and
-  ``optax.MaskedNode`` leaves kept), so a layer's statistics can be read
-  (and its limit logged) by name. Scalars per group rather than one vector:
-  XLA compiles a vector sliced into every leaf's fusion several times slower.
+  ``nu`` is one scalar for ``mode="global"``; for ``"per_param"`` it is a
+  pytree like the updates with one scalar per array leaf (``None`` and
+  ``optax.MaskedNode`` leaves kept), so a layer's statistics can be read, and
+  its limit ``sqrt(1 + k²)·sqrt(nu)`` logged, by name. Scalars rather than
+  one vector of groups: XLA compiles a vector sliced into every leaf's
+  fusion 2-3 times slower.
   """
 
-  count: optax.Updates  # shape=() per group, dtype=jnp.int32: finite steps seen.
-  nu: optax.Updates  # shape=() per group, dtype=jnp.float32: EMA of ‖v‖² (uncorrected).
+  count: jax.Array  # shape=(), dtype=jnp.int32: steps seen.
+  nu: optax.Updates  # shape=() per group, dtype=jnp.float32: bias-corrected mean of ‖v‖².
 
 
 def check_relative_args(k: Any, decay: Any, warmup_steps: Any, mode: Any) -> None:
@@ -108,11 +110,14 @@ def scale_by_relative_speed_limit(
   :func:`relax_optax.relativistic_scale`, ``v = u / sqrt(1 + (‖u‖/c_t)²)``,
   with a limit ``c_t`` taken from the run's own recent norms:
 
-    c_t = sqrt(1 + k²) · s,   s² = ν / (1 - β^n),   then   ν ← β·ν + (1 - β)·‖v‖²
+    c_t = sqrt(1 + k²) · s,   then   s² ← s² + w_t·(‖v‖² - s²),   w_t = (1 - β)/(1 - β^t)
 
   ``s`` is the bias-corrected exponential moving RMS of the *limited* norms
-  ``‖v‖`` of the previous steps (``β = decay``, ``n`` the finite steps
-  seen), as Adam's second moment. Place it after the learning rate, where
+  ``‖v‖`` of the previous steps (``β = decay``, ``t`` the step), the same
+  numbers as Adam's bias-corrected second moment ``ν/(1 - β^t)``, kept
+  corrected (``w_t = 1`` for a group's first finite step, so a group whose
+  data start late, or after a skipped first step, is not biased towards 0).
+  Place it after the learning rate, where
   updates are in parameter units; it needs no tuning to the learning rate
   or to the model's scale, because ``c_t`` follows them.
 
@@ -133,11 +138,10 @@ def scale_by_relative_speed_limit(
     the fixed point ``c = k·n`` exactly, so ``k`` is the limit in units of
     the typical raw step.
   - *Limited norms in the statistics*: a step adds at most ``c_t²`` to the
-    mean of ``‖v‖²`` with the newest step's weight ``w = (1 - β)/(1 - β^(n+1))``,
-    so a spike of any height raises the next limit by a factor of at most
-    ``sqrt(1 + w·k²)``: 1.02 for ``k = 2``, ``β = 0.99`` in a long run (where
-    ``w = 1 - β``), 1.06 after 40 steps; a run of spikes raises it only
-    geometrically slowly.
+    mean of ``‖v‖²``, with weight ``w_t``, so a spike of any height raises
+    the next limit by a factor of at most ``sqrt(1 + w_t·k²)``: 1.02 for
+    ``k = 2``, ``β = 0.99`` in a long run (``w_t → 1 - β``), 1.06 at step 41;
+    a run of spikes raises it only geometrically slowly.
 
   What passes unchanged: a stream whose norms are all ``n`` settles at
   ``c = k·n`` and each step is scaled by ``1/sqrt(1 + 1/k²)``, a relative
@@ -153,16 +157,18 @@ def scale_by_relative_speed_limit(
   the guard shrinks: the median step changes less than in a steady stream,
   the average about as much.
 
-  Warm-up and edge cases: during the first ``warmup_steps`` finite steps of
-  a group the limit only measures (``c = 2^20·s``, or 1 before any data:
-  steps up to 100 times the running RMS change by less than 5e-9), and a
-  group whose running RMS is zero (or below 1e-19: frozen, unused) has no
-  limit. A step whose group norm is not finite (a NaN or infinite entry,
-  or ``‖u‖ >= 2^40·c_t``) leaves that group's statistics and count as they
-  were; its update is the core's (saturated at ``c_t`` for infinite
-  entries, NaN for NaN) — wrap the optimizer in ``optax.apply_if_finite``
-  to skip it. Under ``optax.MultiSteps`` the statistics move once per real
-  step, and under ``apply_if_finite`` a skipped step does not touch them,
+  Warm-up and edge cases: during the first ``warmup_steps`` steps the limit
+  only measures (``c = 2^20·s``: steps up to 100 times the running RMS
+  change by less than 5e-9), and a group whose running RMS is zero (or
+  below 1e-19: no data yet, frozen, unused) is not limited (``c = 2^20``
+  parameter units) until it has data; after the warm-up, one step of data is
+  enough for a group to be limited. A step whose group norm is not finite
+  (a NaN or infinite entry, or ``‖u‖ >= 2^40·c_t``) leaves that group's
+  statistics as they were (the step count still advances); its update is
+  the core's (saturated at ``c_t`` for infinite entries, NaN for NaN):
+  wrap the optimizer in ``optax.apply_if_finite`` to skip it. Under
+  ``optax.MultiSteps`` the statistics move once per real step, and under
+  ``apply_if_finite`` a skipped step does not touch them (nor the count),
   because the state lives inside the wrapped transformation.
 
   Args:
@@ -171,7 +177,7 @@ def scale_by_relative_speed_limit(
       permissive). May be injected with ``optax.inject_hyperparams``.
     decay: ``β`` in [0, 1), the EMA's decay (0.99: a memory of about 100
       steps). May be injected.
-    warmup_steps: finite steps per group before the limit applies (``>= 0``).
+    warmup_steps: steps before the limit applies (``>= 0``).
     mode: ``"per_param"`` (one limit per leaf, default) or ``"global"`` (one
       for the whole update). ``"per_component"`` is not offered: one
       element's history is too noisy a scale.
@@ -182,9 +188,9 @@ def scale_by_relative_speed_limit(
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a
-    :class:`ScaleByRelativeSpeedLimitState` (``count`` and ``nu``: one
-    scalar for ``"global"``, a pytree of one scalar per leaf for
-    ``"per_param"``).
+    :class:`ScaleByRelativeSpeedLimitState`: the step ``count`` and ``nu``,
+    the ``s²`` of each group (one scalar for ``"global"``, a pytree of one
+    scalar per leaf for ``"per_param"``), so ``c = sqrt(1 + k²)·sqrt(nu)``.
 
   Raises:
     TypeError: for a ``k`` or ``decay`` that is not a real scalar, or a
@@ -242,21 +248,18 @@ def _scale_by_relative_speed_limit(
 
   non_array = lambda x: not _is_array_leaf(x)  # None, MaskedNode: kept as they are
 
-  def per_group(zero: jax.Array, params: optax.Params) -> optax.Updates:
-    if mode == "global":
-      return zero
-    return jax.tree.map(lambda x: zero if _is_array_leaf(x) else x, params, is_leaf=non_array)
-
   def groups(tree: optax.Updates) -> list[jax.Array]:
     if mode == "global":
       return [tree]
     return [x for x in jax.tree.leaves(tree, is_leaf=non_array) if _is_array_leaf(x)]
 
   def init_fn(params: optax.Params) -> ScaleByRelativeSpeedLimitState:
-    return ScaleByRelativeSpeedLimitState(
-      count=per_group(jnp.zeros([], jnp.int32), params),
-      nu=per_group(jnp.zeros([], jnp.float32), params),
-    )
+    zero = jnp.zeros([], jnp.float32)
+    if mode == "global":
+      nu = zero
+    else:
+      nu = jax.tree.map(lambda x: zero if _is_array_leaf(x) else x, params, is_leaf=non_array)
+    return ScaleByRelativeSpeedLimitState(count=jnp.zeros([], jnp.int32), nu=nu)
 
   def update_fn(updates, state, params=None, *, norm_sources=None):
     del params
@@ -265,20 +268,17 @@ def _scale_by_relative_speed_limit(
     if not positions:
       return updates, state
     arrays = [jnp.asarray(leaves[i]) for i in positions]
-    f32 = jnp.float32
+    f32, tiny = jnp.float32, jnp.finfo(jnp.float32).tiny
     k_f, decay_f = jnp.asarray(k, f32), jnp.asarray(decay, f32)
-    counts, nus = groups(state.count), groups(state.nu)
-
-    def limit(count: jax.Array, nu: jax.Array) -> jax.Array:
-      # s² = ν / (1 - β^n): the bias-corrected mean of ‖v‖² (0 before any data).
-      s2 = nu / jnp.where(count > 0, _one_minus_power(decay, count.astype(f32)), 1)
-      # A running RMS below the smallest normal number is no scale: measure.
-      known = s2 >= jnp.finfo(f32).tiny
-      warm = known & (count >= warmup_steps)
-      # c² = (1 + k²)·s² when warm, else (2^20·s)² (s = 1 when not known).
-      return jnp.sqrt(jnp.where(known, s2, 1) * jnp.where(warm, 1 + k_f * k_f, _MEASURE**2))
-
-    cs = [limit(n, v) for n, v in zip(counts, nus, strict=True)]
+    count = optax.safe_int32_increment(state.count)
+    # Shared by every group: c² / s² (k's factor once warm, 2^40 while
+    # measuring) and the newest step's weight in the bias-corrected mean.
+    factor = jnp.where(state.count >= warmup_steps, 1 + k_f * k_f, _MEASURE**2)
+    weight = (1 - decay_f) / _one_minus_power(decay, count.astype(f32))
+    nus = groups(state.nu)
+    # A mean below the smallest normal number is no scale (no data yet, or
+    # only zeros): the limit measures, with s = 1 parameter unit.
+    cs = [jnp.sqrt(jnp.where(nu >= tiny, nu * factor, _MEASURE**2)) for nu in nus]
     out, qs = scale_leaves(
       arrays,
       cs[0] if mode == "global" else cs,
@@ -289,30 +289,27 @@ def _scale_by_relative_speed_limit(
       return_q=True,
     )
 
-    def statistics(count, nu, c, q):
+    def statistic(nu: jax.Array, c: jax.Array, q: jax.Array) -> jax.Array:
       q = q.astype(f32)
-      # ‖v‖ = c·sqrt(q)·f(q): the limited norm, from the core's q and factor.
+      # ‖v‖² = (c·f(q))²·q: the limited norm, from the core's q and factor.
       v2 = jnp.square(c * speed_factor(q, "lorentz")) * q
       # NaN q fails the comparison; q >= 2^80 is an infinite or overflowing
-      # entry; an overflowing ‖v‖² (‖v‖ > 1.8e19) would poison ν too.
+      # entry; an overflowing ‖v‖² (‖v‖ > 1.8e19) would poison the mean too.
       finite = (q < _Q_MAX) & jnp.isfinite(v2)
-      new_count = jnp.where(finite, optax.safe_int32_increment(count), count)
-      return new_count, jnp.where(finite, decay_f * nu + (1 - decay_f) * v2, nu)
+      w = jnp.where(nu >= tiny, weight, 1)  # a group's first data replaces the 0
+      return jnp.where(finite, nu + w * (v2 - nu), nu)
 
-    new = [statistics(*g) for g in zip(counts, nus, cs, qs, strict=True)]
+    new = [statistic(*g) for g in zip(nus, cs, qs, strict=True)]
     if mode == "global":
-      new_state = ScaleByRelativeSpeedLimitState(*new[0])
+      nu = new[0]
     else:
-      count_leaves, count_def = jax.tree.flatten(state.count, is_leaf=non_array)
-      nu_leaves = list(count_leaves)
-      slots = [i for i, x in enumerate(count_leaves) if _is_array_leaf(x)]
-      for i, (n, v) in zip(slots, new, strict=True):
-        count_leaves[i], nu_leaves[i] = n, v
-      new_state = ScaleByRelativeSpeedLimitState(
-        jax.tree.unflatten(count_def, count_leaves), jax.tree.unflatten(count_def, nu_leaves)
-      )
+      nu_leaves, nu_def = jax.tree.flatten(state.nu, is_leaf=non_array)
+      slots = [i for i, x in enumerate(nu_leaves) if _is_array_leaf(x)]
+      for i, v in zip(slots, new, strict=True):
+        nu_leaves[i] = v
+      nu = jax.tree.unflatten(nu_def, nu_leaves)
     for i, v in zip(positions, out, strict=True):
       leaves[i] = v
-    return jax.tree.unflatten(treedef, leaves), new_state
+    return jax.tree.unflatten(treedef, leaves), ScaleByRelativeSpeedLimitState(count, nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
