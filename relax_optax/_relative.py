@@ -36,11 +36,11 @@ from relax_optax._validation import check_choice, check_int, check_scalar
 
 RELATIVE_MODES: tuple[str, ...] = ("global", "per_param")
 
-# While a group's statistics fill (warm-up) or are empty, the limit only
-# measures: it is 2^20 times the running RMS norm (1 parameter unit when there
-# is none), so a step up to 100 times the running RMS changes by less than
-# 5e-9 (relative change (‖u‖/c)²/2), and entries down to 1e-13 of that scale
-# still add their squares to q as normal float32 numbers.
+# During the warm-up, or while a group has no data, the limit only measures:
+# it is 2^20 times the running RMS norm (2^20 parameter units with no data),
+# so a step up to 100 times the running RMS changes by less than 5e-9
+# (relative change (‖u‖/c)²/2), and entries down to 1e-13 of that scale still
+# add their squares to q as normal float32 numbers.
 _MEASURE = 2.0**20
 # q >= 2^80 only when an entry is infinite or at least 2^40 ≈ 1.1e12 times the
 # limit (the core clamps entries there): such a step counts as non-finite.

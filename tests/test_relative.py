@@ -610,3 +610,27 @@ def test_compiled_step_grows_linearly_with_the_leaves(mode):
   # Measured per leaf: adam+clip 74; global 96 (as a scheduled fixed limit); per_param
   # 142 (each leaf's limit and statistic are scalar computations of their own).
   assert second <= clip + (40 if mode == "global" else 80), (second, clip)
+
+
+# ---------------------------------------------------------------------------
+# The spike demo (benchmarks/spike_guard.py) in its quick mode.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_spike_guard_quick(tmp_path):
+  pytest.importorskip("sklearn")
+  pytest.importorskip("matplotlib")
+  from benchmarks import spike_guard
+
+  out = spike_guard.main(["--quick", "--out", str(tmp_path)])
+  assert (tmp_path / "spike_guard_quick.json").exists()
+  assert (tmp_path / "spike_guard_quick.png").exists()
+  names = {"adamw", "adamw+clip", "hist-clip"} | {f"guard k={k:g}" for k in spike_guard.KS}
+  assert set(out["results"]) == names
+  for r in out["results"].values():
+    assert np.isfinite(r["final_loss"]) and 0 <= r["test_accuracy"] <= 1
+  # At the x10,000 spike the guard's update is smaller than plain AdamW's.
+  step = out["results"]["adamw"]["spikes"]["x10000"]["step"]
+  curves = out["curves_seed0"]
+  assert curves["guard k=2"]["update_norm_w1"][step] < curves["adamw"]["update_norm_w1"][step]
