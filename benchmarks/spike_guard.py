@@ -101,7 +101,7 @@ def historical_clip(sigma_factor: float = 2.0, window: int = 128, min_history: i
 
   def update_fn(updates, state, params=None):
     del params
-    norm = optax.global_norm(updates)
+    norm = optax.tree.norm(updates)
     valid = jnp.arange(window) < jnp.minimum(state.count, window)
     n = jnp.maximum(valid.sum(), 1)
     mean = jnp.where(valid, state.norms, 0).sum() / n
@@ -161,7 +161,7 @@ def make_run(tx, train, test, steps: int, batch: int, spikes: dict[int, float]):
       params = optax.apply_updates(params, updates)
       metrics = {
         "loss": loss_fn(params, xtr, ytr),
-        "update_norm": optax.global_norm(updates),
+        "update_norm": optax.tree.norm(updates),
         "update_norm_w1": jnp.linalg.norm(updates[SPIKE_LAYER]),
       }
       return (params, state, key), metrics
@@ -173,12 +173,21 @@ def make_run(tx, train, test, steps: int, batch: int, spikes: dict[int, float]):
 
 
 def spike_metrics(loss: np.ndarray, step: int, window: int = 50) -> tuple[float, int]:
-  """Height (max loss in the window after / loss before) and steps to recover."""
+  """Height (max loss in the window after / loss before) and steps to recover.
+
+  ``loss[t]`` is the loss after step ``t``'s update; the spike at ``step`` peaks then
+  or a few steps later (momentum carries it), and it has recovered at the first step
+  after the peak whose loss is within 5 % of the loss before it (0 if it never rose
+  above that).
+  """
   before = float(loss[step - 1])
   after = loss[step : step + window]
   height = float(after.max() / before)
-  back = np.nonzero(after <= 1.05 * before)[0]
-  return height, int(back[0]) if len(back) else window
+  if height <= 1.05:
+    return height, 0
+  peak = int(after.argmax())
+  back = np.nonzero(after[peak:] <= 1.05 * before)[0]
+  return height, peak + int(back[0]) + 1 if len(back) else window
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -216,10 +225,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "test_accuracy": float(np.mean(acc)),
       "spikes": per_spike,
     }
-    curves[name] = {
-      "loss": loss[0].tolist(),
-      "update_norm": np.asarray(metrics["update_norm"][0]).tolist(),
-      "update_norm_w1": np.asarray(metrics["update_norm_w1"][0]).tolist(),
+    curves[name] = {  # seed 0, to 4 significant digits (the JSON stays small)
+      key: [float(f"{v:.4g}") for v in np.asarray(values)]
+      for key, values in (
+        ("loss", loss[0]),
+        ("update_norm", metrics["update_norm"][0]),
+        ("update_norm_w1", metrics["update_norm_w1"][0]),
+      )
     }
   elapsed = time.perf_counter() - start
 
@@ -256,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     "results": results,
     "curves_seed0": curves,
   }
-  (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+  (args.out / f"{stem}.json").write_text(json.dumps(payload, separators=(",", ":")))
   plot(curves, spikes, args.out / f"{stem}.png")
   return payload
 
