@@ -7,6 +7,9 @@ Public API, all importable from the package root:
 - :func:`relativistic_adam`, :func:`relativistic_adamw`: the optimizers.
 - :func:`speed_limit_warmup`: the ``adaptive_speed`` warm-up schedule.
 - :func:`rgd`, :func:`rgd_eval_params`: Relativistic Gradient Descent (França et al.).
+- :func:`scale_by_relative_speed_limit`: a limit relative to the run's own
+  recent update norms (a spike guard); :class:`RelativeSpeedLimit` selects it
+  in the optimizers.
 """
 
 from relax_optax._formulas import FORMULAS as FORMULAS
@@ -16,6 +19,9 @@ from relax_optax._groups import Mode as Mode
 from relax_optax._groups import relativistic_scale as relativistic_scale
 from relax_optax._recipes import relativistic_adam as relativistic_adam
 from relax_optax._recipes import relativistic_adamw as relativistic_adamw
+from relax_optax._relative import RelativeSpeedLimit as RelativeSpeedLimit
+from relax_optax._relative import ScaleByRelativeSpeedLimitState as ScaleByRelativeSpeedLimitState
+from relax_optax._relative import scale_by_relative_speed_limit as scale_by_relative_speed_limit
 from relax_optax._rgd import RGDLeapfrogState as RGDLeapfrogState
 from relax_optax._rgd import RGDState as RGDState
 from relax_optax._rgd import rgd as rgd
@@ -33,12 +39,15 @@ __all__ = (
   "Mode",
   "RGDLeapfrogState",
   "RGDState",
+  "RelativeSpeedLimit",
+  "ScaleByRelativeSpeedLimitState",
   "ScaleByRelativisticState",
   "relativistic_adam",
   "relativistic_adamw",
   "relativistic_scale",
   "rgd",
   "rgd_eval_params",
+  "scale_by_relative_speed_limit",
   "scale_by_relativistic",
   "speed_limit_warmup",
 )

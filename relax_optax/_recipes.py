@@ -14,6 +14,11 @@ import optax
 from relax_optax._adam_norms import AdamSpec, norm_sources, step_size_correction
 from relax_optax._formulas import Formula
 from relax_optax._groups import AxisName, Mode, check_mode_and_formula
+from relax_optax._relative import (
+  RelativeSpeedLimit,
+  _scale_by_relative_speed_limit,
+  check_relative_speed_limit,
+)
 from relax_optax._schedules import speed_limit_warmup
 from relax_optax._transform import _scale_by_relativistic
 from relax_optax._validation import (
@@ -112,7 +117,10 @@ def _check_args(
   check_scalar("eps", eps, lower=0.0)
   check_scalar("eps_root", eps_root, lower=0.0)
   check_scalar_or_schedule("weight_decay", weight_decay, lower=0.0)
-  check_scalar_or_schedule("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
+  if isinstance(speed_limit, RelativeSpeedLimit):
+    check_relative_speed_limit(speed_limit, mode, formula, adaptive_speed)
+  else:
+    check_scalar_or_schedule("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
   check_mode_and_formula(mode, formula)
   check_bool("amsgrad", amsgrad)
   check_bool("adaptive_speed", adaptive_speed)
@@ -135,7 +143,7 @@ def adam_with_speed_limit(
   mu_dtype: Any,
   nesterov: bool,
   amsgrad: bool,
-  speed_limit: optax.ScalarOrSchedule,
+  speed_limit: optax.ScalarOrSchedule | RelativeSpeedLimit,
   mode: str,
   formula: str,
   adaptive_speed: bool,
@@ -164,9 +172,12 @@ def adam_with_speed_limit(
   else:
     moments = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
     kind = "adam"
-  c = speed_limit_warmup(speed_limit, speed_warmup_steps) if adaptive_speed else speed_limit
   lr = optax.scale_by_learning_rate(learning_rate)
-  limit = _scale_by_relativistic(c, mode, formula, axis_name)
+  if isinstance(speed_limit, RelativeSpeedLimit):
+    limit = _scale_by_relative_speed_limit(*speed_limit, mode, axis_name)
+  else:
+    c = speed_limit_warmup(speed_limit, speed_warmup_steps) if adaptive_speed else speed_limit
+    limit = _scale_by_relativistic(c, mode, formula, axis_name)
   parts = [*before, moments, lr, limit, *after]
   chain = optax.chain(*parts)
   if mode == "per_component" or not norms_from_moments or mu_dtype is not None:
@@ -207,7 +218,7 @@ def relativistic_adam(
   b2: jax.typing.ArrayLike = 0.999,
   eps: jax.typing.ArrayLike = 1e-8,
   *,
-  speed_limit: optax.ScalarOrSchedule = 0.1,
+  speed_limit: optax.ScalarOrSchedule | RelativeSpeedLimit = 0.1,
   mode: Mode = "per_param",
   formula: Formula = "lorentz",
   weight_decay: jax.typing.ArrayLike = 0.0,
@@ -267,7 +278,15 @@ def relativistic_adam(
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the second moment, in [0, 1).
     eps: non-negative term added to the denominator.
-    speed_limit: the speed limit ``c > 0`` in parameter units, or a schedule.
+    speed_limit: the speed limit ``c > 0`` in parameter units, or a schedule;
+      or :class:`relax_optax.RelativeSpeedLimit` (``k``, ``decay``,
+      ``warmup_steps``) for a limit ``k`` times the run's own recent update
+      norm (:func:`relax_optax.scale_by_relative_speed_limit` in place of
+      ``scale_by_relativistic``; with ``mode`` ``"per_param"`` or
+      ``"global"``, ``formula="lorentz"``, not ``adaptive_speed``). One
+      argument for the one choice, so that a fixed and a relative limit
+      cannot both be given; the option's fields travel together (and stay
+      static under ``optax.inject_hyperparams``).
     mode: ``"global"``, ``"per_param"`` (default) or ``"per_component"``.
     formula: ``"lorentz"`` (default), ``"tanh"`` or ``"reference"``.
     weight_decay: non-negative coupled L2 coefficient, added to the gradient
@@ -367,7 +386,7 @@ def relativistic_adamw(
   b2: jax.typing.ArrayLike = 0.999,
   eps: jax.typing.ArrayLike = 1e-8,
   *,
-  speed_limit: optax.ScalarOrSchedule = 0.1,
+  speed_limit: optax.ScalarOrSchedule | RelativeSpeedLimit = 0.1,
   mode: Mode = "per_param",
   formula: Formula = "lorentz",
   weight_decay: jax.typing.ArrayLike = 1e-2,
@@ -411,7 +430,15 @@ def relativistic_adamw(
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the second moment, in [0, 1).
     eps: non-negative term added to the denominator.
-    speed_limit: the speed limit ``c > 0`` in parameter units, or a schedule.
+    speed_limit: the speed limit ``c > 0`` in parameter units, or a schedule;
+      or :class:`relax_optax.RelativeSpeedLimit` (``k``, ``decay``,
+      ``warmup_steps``) for a limit ``k`` times the run's own recent update
+      norm (:func:`relax_optax.scale_by_relative_speed_limit` in place of
+      ``scale_by_relativistic``; with ``mode`` ``"per_param"`` or
+      ``"global"``, ``formula="lorentz"``, not ``adaptive_speed``). One
+      argument for the one choice, so that a fixed and a relative limit
+      cannot both be given; the option's fields travel together (and stay
+      static under ``optax.inject_hyperparams``).
     mode: ``"global"``, ``"per_param"`` (default) or ``"per_component"``.
     formula: ``"lorentz"`` (default), ``"tanh"`` or ``"reference"``.
     weight_decay: non-negative decoupled decay coefficient.
