@@ -62,6 +62,7 @@ autodoc_type_aliases = {
     "Mode",
     "Formula",
     "BiasCorrection",
+    "SpeedLimit",
   ]
 }
 autodoc_default_options = {"members": True, "undoc-members": False}
@@ -74,7 +75,7 @@ nitpick_ignore_regex = [
   (r"py:.*", r"(optax|chex|jax|jaxtyping|numpy|np)\..*"),
   (r"py:.*", r"(ArrayLike|DTypeLike|Array|PyTree|Params|Updates|ScalarOrSchedule)"),
   (r"py:.*", r"(Any|Callable|NamedTuple|Sequence|Mapping|collections\.abc\..*|typing\..*)"),
-  (r"py:.*", r"(Mode|Formula|BiasCorrection|AxisName)"),  # Literal aliases of the core
+  (r"py:.*", r"(Mode|Formula|BiasCorrection|AxisName|SpeedLimit)"),  # Literal aliases of the core
   (r"py:class", r"relax_optax\._\w+\..*"),
 ]
 

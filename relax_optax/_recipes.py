@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,8 @@ from relax_optax._validation import (
 )
 
 BiasCorrection = Literal["moments", "step_size"]
+# A fixed speed limit (a scalar or a schedule) or one relative to the run's own norms.
+SpeedLimit = Union[optax.ScalarOrSchedule, RelativeSpeedLimit]  # noqa: UP007 (autodoc alias)
 BIAS_CORRECTIONS: tuple[str, ...] = typing.get_args(BiasCorrection)
 
 
@@ -143,7 +145,7 @@ def adam_with_speed_limit(
   mu_dtype: Any,
   nesterov: bool,
   amsgrad: bool,
-  speed_limit: optax.ScalarOrSchedule | RelativeSpeedLimit,
+  speed_limit: SpeedLimit,
   mode: str,
   formula: str,
   adaptive_speed: bool,
@@ -218,7 +220,7 @@ def relativistic_adam(
   b2: jax.typing.ArrayLike = 0.999,
   eps: jax.typing.ArrayLike = 1e-8,
   *,
-  speed_limit: optax.ScalarOrSchedule | RelativeSpeedLimit = 0.1,
+  speed_limit: SpeedLimit = 0.1,
   mode: Mode = "per_param",
   formula: Formula = "lorentz",
   weight_decay: jax.typing.ArrayLike = 0.0,
@@ -386,7 +388,7 @@ def relativistic_adamw(
   b2: jax.typing.ArrayLike = 0.999,
   eps: jax.typing.ArrayLike = 1e-8,
   *,
-  speed_limit: optax.ScalarOrSchedule | RelativeSpeedLimit = 0.1,
+  speed_limit: SpeedLimit = 0.1,
   mode: Mode = "per_param",
   formula: Formula = "lorentz",
   weight_decay: jax.typing.ArrayLike = 1e-2,
