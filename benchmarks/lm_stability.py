@@ -52,6 +52,12 @@ classes) with a deep ReLU MLP without normalisation (``examples/high_lr_demo``'s
 
 ``--step-time`` instead times the end-to-end train step of ``relativistic_adamw``
 vs ``optax.adamw`` on the default transformer (about 1.5 minutes).
+``--spikes`` instead induces instabilities on the default transformer (gradient
+spikes x100 and x10,000 into one layer; b2 = 0.999 with that layer's gradients
+rescaled x100 mid-run; 3x and 10x AdamW's best LR) and compares AdamW, gradient
+clipping, a Levanter-style hard historical clip, StableAdamW, fixed-c
+``relativistic_adam`` and the relative speed limit at k in {1.5, 2, 3, 5}
+(``lm_stability_spikes.{json,png,txt}``; about 4 minutes).
 ``--tables RESULTS.json [--replot]`` prints the Markdown tables of a finished run
 (and redraws its PNGs and .txt).
 
@@ -65,6 +71,7 @@ Run::
   python -m benchmarks.lm_stability --full      # adds a wider, deeper model
   python -m benchmarks.lm_stability --quick     # a tiny grid, under a minute (the CI test)
   python -m benchmarks.lm_stability --step-time # step time vs optax.adamw, ~1-2 minutes
+  python -m benchmarks.lm_stability --spikes    # induced instabilities vs guards, ~4 minutes
 """
 
 from __future__ import annotations
@@ -1038,6 +1045,385 @@ def step_time(args) -> None:
 
 
 # ---------------------------------------------------------------------------
+# --spikes: induced instabilities, and the guards against them.
+# ---------------------------------------------------------------------------
+
+SPIKE_KS = (1.5, 2.0, 3.0, 5.0)
+SPIKE_LAYER = "blocks/0/attn/qkv"  # the leaf that receives the injected spikes/rescale
+SPIKE_BLOCK = 5  # steps per block of the smoothed training loss
+SPIKE_THRESHOLD = 1.2  # a loss spike: smoothed loss above 1.2x its running minimum
+
+
+class SpikeScenario(NamedTuple):
+  """One induced instability (steps as fractions of the run)."""
+
+  name: str
+  lr_factor: float = 1.0  # x AdamW's best LR
+  b2: float = B2
+  spikes: tuple = ()  # ((fraction of the run, size), ...): one layer's gradient x size
+  rescale: float = 1.0  # the layer's gradients x rescale from rescale_at on
+  rescale_at: float = 0.48
+
+
+SPIKE_SCENARIOS = (
+  SpikeScenario("clean"),
+  SpikeScenario("grad spikes x1e2, x1e4", spikes=((0.48, 1e2), (0.68, 1e4))),
+  SpikeScenario("b2=0.999, layer x100", b2=0.999, rescale=100.0),
+  SpikeScenario("lr x3", lr_factor=3.0),
+  SpikeScenario("lr x10", lr_factor=10.0),
+)
+
+
+def spike_arms(c_entry: float, c_scale: float) -> dict[str, tuple[Callable, bool]]:
+  """``name -> (make(learning_rate, b2), clip gradients at 1)``; every guard sits on
+  AdamW *without* the recipe's gradient clip, so that it is compared alone."""
+  from benchmarks.spike_guard import historical_clip  # Levanter-style hard clip
+
+  def adam(lr, b2, *after):
+    return optax.chain(optax.scale_by_adam(B1, b2, EPS), optax.scale_by_learning_rate(lr), *after)
+
+  out = {
+    "adamw (no grad clip)": (adam, False),
+    "adamw + grad clip 1": (adam, True),
+    "hist clip (mean+2sd, 128)": (lambda lr, b2: adam(lr, b2, historical_clip()), False),
+    "stable_adamw": (
+      lambda lr, b2: optax.chain(scale_by_stable_adamw(b2=b2), optax.scale_by_learning_rate(lr)),
+      False,
+    ),
+    f"relativistic c_entry={c_entry:g}": (
+      lambda lr, b2: relax_optax.relativistic_adam(
+        lr, B1, b2, EPS, speed_limit=c_entry * c_scale, mode="per_param"
+      ),
+      False,
+    ),
+  }
+  for k in SPIKE_KS:
+    out[f"relative k={k:g}"] = (
+      lambda lr, b2, k=k: relax_optax.relativistic_adam(
+        lr, B1, b2, EPS, speed_limit=relax_optax.RelativeSpeedLimit(k=k), mode="per_param"
+      ),
+      False,
+    )
+  return out
+
+
+def _leaf_index(params, name: str) -> int:
+  paths = [
+    "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+  ]
+  hits = [i for i, p in enumerate(paths) if p.startswith(name)]
+  if len(hits) != 1:
+    raise ValueError(f"{name!r} matches {hits} of {paths}")
+  return hits[0]
+
+
+def train_spikes(
+  domain, make, grad_clip, graphdef, params, runs: dict, *, steps, warmup, eval_every
+):
+  """Trains every run (vmapped; ``runs`` holds per-run arrays): curves (runs, steps)."""
+  factor = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, steps, end_value=0.0)
+  idx = _leaf_index(params, SPIKE_LAYER)
+
+  def tx_for(lr, b2):
+    inner = make(lambda t: lr * factor(t), b2)
+    return optax.chain(optax.clip_by_global_norm(1.0), inner) if grad_clip else inner
+
+  def loss_fn(p, batch):
+    return domain.loss(nnx.merge(graphdef, p), batch, 0.0)
+
+  def run(params, key, r):
+    tx = tx_for(r["lr"], r["b2"])
+
+    def step(carry, t):
+      params, opt_state, key = carry
+      key, sub = jax.random.split(key)
+      (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, domain.sample(sub))
+      leaves, treedef = jax.tree.flatten(grads)
+      g = leaves[idx]
+      # A spike: the layer's gradient replaced by a random direction of size x its norm.
+      size = jnp.sum(jnp.where(r["spike_steps"] == t, r["spike_sizes"], 0.0))
+      noise = jax.random.normal(jax.random.fold_in(sub, 1), g.shape)
+      spiked = noise * (size * _norm(g) / jnp.maximum(_norm(noise), 1e-30))
+      g = jnp.where(size > 0, spiked, g)
+      leaves[idx] = g * jnp.where(t >= r["rescale_at"], r["rescale"], 1.0)
+      updates, opt_state = tx.update(jax.tree.unflatten(treedef, leaves), opt_state, params)
+      decay = WEIGHT_DECAY * factor(t)
+      params = jax.tree.map(lambda p, u: p + u - decay * p, params, updates)
+      metrics = {
+        "train_loss": aux["xent"],
+        "update_norm": _norm(updates),
+        "update_norm_layer": _norm(jax.tree.leaves(updates)[idx]),
+        "val_loss": jax.lax.cond(
+          (t + 1) % eval_every == 0,
+          lambda p: loss_fn(p, domain.val_batch)[1]["xent"],
+          lambda p: jnp.full((), jnp.nan),
+          params,
+        ),
+      }
+      return (params, opt_state, key), metrics
+
+    carry = (params, tx.init(params), key)
+    return jax.lax.scan(step, carry, jnp.arange(steps))[1]
+
+  return jax.device_get(jax.jit(jax.vmap(run))(params, runs["key"], runs["r"]))
+
+
+def spike_events(loss: np.ndarray, block: int = SPIKE_BLOCK, threshold: float = SPIKE_THRESHOLD):
+  """Loss spikes of one run's training-loss curve.
+
+  The loss is averaged over blocks of ``block`` steps (one batch is noisy); a spike is a
+  maximal run of blocks whose mean exceeds ``threshold`` times the lowest earlier block
+  mean. Returns (number of spikes, the highest ratio to the running minimum (1 if none),
+  the mean length of a spike in steps: the steps to recover; the run's end if it never
+  does; 0 if none). A non-finite block counts as above the threshold.
+  """
+  n = loss.size // block
+  means = loss[: n * block].reshape(n, block).mean(1)
+  means = np.where(np.isfinite(means), means, np.inf)
+  run_min = np.minimum.accumulate(np.concatenate([[np.inf], means[:-1]]))
+  ratio = means / run_min
+  above = ratio > threshold
+  starts = np.nonzero(above & ~np.concatenate([[False], above[:-1]]))[0]
+  lengths = []
+  for s in starts:
+    e = s
+    while e < n and above[e]:
+      e += 1
+    lengths.append((e - s) * block)
+  height = float(np.max(ratio[1:])) if n > 1 else 1.0
+  return len(starts), max(height, 1.0), float(np.mean(lengths)) if lengths else 0.0
+
+
+def spikes(args) -> None:
+  """The ``--spikes`` scenario: induced instabilities vs AdamW, clipping and the guards."""
+  best = json.loads((RESULTS / "lm_stability.json").read_text())["results"][0]
+  assert best["domain"].startswith("lm")
+  lrs = best["lrs"]
+  adam_final = np.median(np.asarray(best["arms"]["adamw"]["lr_sweep"]["final_val"], float), 1)
+  best_lr = float(lrs[int(np.nanargmin(adam_final))])
+  rel = best["arms"]["relativistic per_param"]
+  rel_final = np.median(np.asarray(rel["c_sweep"]["final_val"], float), 1)
+  best_c = float(best["c_entry"][int(np.nanargmin(rel_final))])
+  corpus = lm_model.stdlib_corpus()
+  domain = lm_domain(
+    corpus,
+    d=args.d,
+    depth=args.depth,
+    heads=args.heads,
+    seq_len=args.seq_len,
+    batch=args.batch,
+    val_windows=args.val_windows,
+  )
+  seeds = list(range(args.seeds))
+  steps = args.steps
+  states = [nnx.split(domain.init(s, False), nnx.Param) for s in seeds]
+  graphdef = states[0][0]
+  n_params = int(sum(x.size for x in jax.tree.leaves(states[0][1])))
+  c_scale = cap_scale("per_param", states[0][1])
+  # Runs: (scenario, seed), scenario-major.
+  rs = []
+  for sc in SPIKE_SCENARIOS:
+    sp = list(sc.spikes) + [(2.0, 0.0)] * (2 - len(sc.spikes))
+    for _ in seeds:
+      rs.append(
+        {
+          "lr": best_lr * sc.lr_factor,
+          "b2": sc.b2,
+          "spike_steps": [int(f * steps) for f, _ in sp],
+          "spike_sizes": [s for _, s in sp],
+          "rescale": sc.rescale,
+          "rescale_at": int(sc.rescale_at * steps),
+        }
+      )
+  r_arr = {
+    k: jnp.asarray([r[k] for r in rs], jnp.int32 if "steps" in k or k.endswith("_at") else None)
+    for k in rs[0]
+  }
+  r_arr = {k: v.astype(jnp.float32) if v.dtype == jnp.float64 else v for k, v in r_arr.items()}
+  # The data order depends on the seed only: every arm and scenario sees the same batches.
+  keys = jax.vmap(jax.random.key)(jnp.tile(jnp.asarray(seeds) + 1000, len(SPIKE_SCENARIOS)))
+  params = jax.tree.map(lambda *xs: jnp.stack(xs * len(SPIKE_SCENARIOS)), *[s[1] for s in states])
+  runs = {"key": keys, "r": r_arr}
+  arm_list = spike_arms(best_c, c_scale)
+  print(
+    f"--spikes on {domain.name} ({n_params} parameters), {steps} steps, {len(seeds)} seeds;"
+    f" AdamW's best LR {best_lr:g} and relativistic per_param's best c_entry {best_c:g}"
+    f" (from {RESULTS / 'lm_stability.json'}); spikes into {SPIKE_LAYER}"
+  )
+  t0, load0 = time.perf_counter(), os.getloadavg()
+  out = {}
+  for name, (make, clip) in tqdm(arm_list.items(), unit="arm"):
+    t1 = time.perf_counter()
+    cv = train_spikes(
+      domain,
+      make,
+      clip,
+      graphdef,
+      params,
+      runs,
+      steps=steps,
+      warmup=args.warmup,
+      eval_every=args.eval_every,
+    )
+    res = {"seconds": time.perf_counter() - t1, "scenarios": {}}
+    for i, sc in enumerate(SPIKE_SCENARIOS):
+      sl = slice(i * len(seeds), (i + 1) * len(seeds))
+      tl = np.asarray(cv["train_loss"][sl], np.float64)
+      ev = [spike_events(x) for x in tl]
+      val = np.asarray(cv["val_loss"][sl], np.float64)[:, args.eval_every - 1 :: args.eval_every]
+      # Update-norm peak: the largest global update norm in the 10 steps from the first
+      # injection (0.48 of the run; a control in the scenarios without one) over the
+      # median of the 20 steps before it.
+      t_in = int(0.48 * steps)
+      un = np.asarray(cv["update_norm"][sl], np.float64)
+      peak = un[:, t_in : t_in + 10].max(1) / np.median(un[:, max(t_in - 20, 0) : t_in], 1)
+      res["scenarios"][sc.name] = {
+        "n_spikes": [e[0] for e in ev],
+        "max_height": [e[1] for e in ev],
+        "recover_steps": [e[2] for e in ev],
+        "final_val": val[:, -1].tolist(),
+        "update_norm_peak": peak.tolist(),
+        "final_train": np.mean(tl[:, -25:], 1).tolist(),
+        "curves_seed0": {
+          k: np.round(np.asarray(cv[k][sl][0], np.float64), 5).tolist()
+          for k in ("train_loss", "update_norm", "update_norm_layer")
+        },
+      }
+    out[name] = res
+  elapsed = time.perf_counter() - t0
+  config = {
+    "model": domain.info | {"corpus": None, "n_params": n_params},
+    "steps": steps,
+    "warmup": args.warmup,
+    "seeds": len(seeds),
+    "best_lr": best_lr,
+    "best_c_entry": best_c,
+    "c_scale": c_scale,
+    "spike_layer": SPIKE_LAYER,
+    "scenarios": [sc._asdict() for sc in SPIKE_SCENARIOS],
+    "spike_definition": f"mean training loss over blocks of {SPIKE_BLOCK} steps above"
+    f" {SPIKE_THRESHOLD}x the lowest earlier block mean",
+    "seconds": elapsed,
+    "load_before": load0,
+    "load_after": os.getloadavg(),
+    "cpus": os.cpu_count(),
+    "jax": jax.__version__,
+    "optax": optax.__version__,
+  }
+  data = {"config": config, "arms": out}
+  lines = spike_table(data)
+  print("\n".join(lines))
+  stem = args.out.parent / (args.out.name + "_spikes")
+  stem.parent.mkdir(parents=True, exist_ok=True)
+  text = json.dumps(data)
+  stem.with_suffix(".json").write_text(
+    text.replace("NaN", "null").replace("-Infinity", "null").replace("Infinity", "null")
+  )
+  stem.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+  plot_spikes(data, stem.with_suffix(".png"))
+  print(f"\nwrote {stem}.{{json,txt,png}} ({elapsed:.0f} s)")
+
+
+def spike_table(data: dict) -> list[str]:
+  """The --spikes table: per arm and scenario, final validation loss and loss spikes."""
+  cfg, arms_ = data["config"], data["arms"]
+  names = [sc["name"] for sc in cfg["scenarios"]]
+  lines = [
+    f"\n== --spikes: {cfg['steps']} steps, {cfg['seeds']} seeds, AdamW's best LR"
+    f" {cfg['best_lr']:g}; spikes into {cfg['spike_layer']} at steps"
+    f" {[int(f * cfg['steps']) for f, _ in cfg['scenarios'][1]['spikes']]}, rescale at"
+    f" {int(cfg['scenarios'][2]['rescale_at'] * cfg['steps'])}",
+    f"   loss spike: {cfg['spike_definition']}",
+    "   cell: final val loss (mean over seeds) | loss spikes per run | highest loss ratio to"
+    " the running minimum | steps to recover (mean spike length) | update-norm peak (largest"
+    " global update norm in the 10 steps from the first injection over the median of the 20"
+    " before; at the same step in the other scenarios)",
+    "   'adamw (no grad clip)' is the recipe without its gradient clip; every guard is on"
+    " that AdamW (no gradient clip either)",
+  ]
+  lines.append(f"{'arm':<28s}" + "".join(f" {n:>33s}" for n in names))
+  for name, r in arms_.items():
+    cells = []
+    for n in names:
+      s = r["scenarios"][n]
+      f = np.asarray(s["final_val"], float)
+      fv = f"{f.mean():.3f}" if np.all(np.isfinite(f)) else "diverged"
+      cells.append(
+        f"{fv} |{np.mean(s['n_spikes']):3.1f} |{np.mean(s['max_height']):5.2f}"
+        f" |{np.mean(s['recover_steps']):4.0f} |{np.mean(s['update_norm_peak']):5.2f}"
+      )
+    lines.append(f"{name:<28s}" + "".join(f" {c:>33s}" for c in cells))
+  ks = [n for n in arms_ if n.startswith("relative k=")]
+  lines.append(
+    "\n-- sensitivity to k (relative k in " + ", ".join(k[11:] for k in ks) + "):"
+    " range over k of the final val loss and of the highest loss ratio; update-norm peak per k"
+  )
+  for n in names:
+    f = [np.mean(arms_[k]["scenarios"][n]["final_val"]) for k in ks]
+    h = [np.mean(arms_[k]["scenarios"][n]["max_height"]) for k in ks]
+    u = [np.mean(arms_[k]["scenarios"][n]["update_norm_peak"]) for k in ks]
+    lines.append(
+      f"{n:<28s} final {min(f):.3f}..{max(f):.3f}   highest loss ratio {min(h):.2f}..{max(h):.2f}"
+      f"   update-norm peak {' / '.join(f'{x:.2f}' for x in u)}"
+    )
+  sc = names[2]
+  a = arms_["adamw (no grad clip)"]["scenarios"][sc]
+  g = arms_["relative k=2"]["scenarios"][sc]
+  lines.append(
+    f"\n{sc}: update-norm peak, relative k=2 {np.mean(g['update_norm_peak']):.2f}x vs AdamW"
+    f" {np.mean(a['update_norm_peak']):.2f}x; loss spikes {np.mean(g['n_spikes']):.1f} vs"
+    f" {np.mean(a['n_spikes']):.1f}; final val loss {np.mean(g['final_val']):.3f} vs"
+    f" {np.mean(a['final_val']):.3f}"
+  )
+  return lines
+
+
+def plot_spikes(data: dict, path: Path) -> None:
+  """Seed 0 of the spiked runs: smoothed training loss and global update norm."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  cfg = data["config"]
+  shown = [
+    "adamw (no grad clip)",
+    "adamw + grad clip 1",
+    "hist clip (mean+2sd, 128)",
+    "stable_adamw",
+    "relative k=2",
+  ]
+  scs = cfg["scenarios"][1:3]
+  fig, axes = plt.subplots(2, len(scs), figsize=(7 * len(scs), 7), sharex=True, squeeze=False)
+  for j, sc in enumerate(scs):
+    for name in shown:
+      c = data["arms"][name]["scenarios"][sc["name"]]["curves_seed0"]
+      y = np.asarray(c["train_loss"], float)
+      n = y.size // SPIKE_BLOCK
+      smooth = y[: n * SPIKE_BLOCK].reshape(n, SPIKE_BLOCK).mean(1)
+      x = SPIKE_BLOCK * (np.arange(n) + 0.5)
+      axes[0, j].plot(x, smooth, lw=1.2, label=name)
+      axes[1, j].plot(np.asarray(c["update_norm"], float), lw=0.8, label=name)
+    marks = [f for f, _ in sc["spikes"]] or [sc["rescale_at"]]
+    for f in marks:
+      for ax in axes[:, j]:
+        ax.axvline(f * cfg["steps"], color="grey", ls=":", lw=0.8)
+    axes[0, j].set_title(f"{sc['name']} (seed 0)")
+    axes[0, j].set_yscale("log")
+    axes[0, j].set_ylabel(f"training loss (mean of {SPIKE_BLOCK} steps)")
+    axes[1, j].set_yscale("log")
+    axes[1, j].set_ylabel("global update norm")
+    axes[1, j].set_xlabel("step")
+    axes[0, j].grid(alpha=0.3)
+    axes[1, j].grid(alpha=0.3)
+  axes[0, 0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
 
 
 def main(argv=None) -> None:
@@ -1053,6 +1439,11 @@ def main(argv=None) -> None:
     "--tables", type=Path, default=None, help="only print Markdown tables from a results JSON"
   )
   parser.add_argument("--replot", action="store_true", help="with --tables: redraw its PNGs")
+  parser.add_argument(
+    "--spikes",
+    action="store_true",
+    help="induced instabilities (gradient spikes, b2 = 0.999 with a rescale, high LR) vs guards",
+  )
   parser.add_argument("--domains", nargs="+", default=["lm", "digits"])
   parser.add_argument(
     "--arms", nargs="*", default=None, help="a subset of arms by name (adamw always runs)"
@@ -1083,6 +1474,15 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   if args.step_time:
     step_time(args)
+    return
+  if args.spikes:
+    if args.quick:
+      args.steps, args.warmup, args.eval_every, args.seeds = 40, 4, 10, 1
+      args.d, args.depth, args.heads, args.seq_len, args.batch = 16, 1, 2, 16, 4
+      args.val_windows = 8
+      if args.out == RESULTS / "lm_stability":
+        args.out = RESULTS / "lm_stability_quick"
+    spikes(args)
     return
   if args.tables:
     data = json.loads(args.tables.read_text())

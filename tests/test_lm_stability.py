@@ -125,3 +125,14 @@ def test_quick_run_writes_finite_results(tmp_path):
         assert np.shape(r["c_sensitivity"]) == (n_seeds,)
       else:
         assert "c_sweep" not in r
+
+
+def test_spike_events_follow_the_written_definition():
+  # Blocks of 5 steps: 2.0 for 4 blocks, 3.0 for 2 (1.5x the running minimum: one spike
+  # of 10 steps), 2.2 for 2 (1.1x: below 1.2x, no spike), then a NaN block (a spike that
+  # never recovers: 5 steps to the end).
+  loss = np.repeat([2.0] * 4 + [3.0] * 2 + [2.2] * 2, 5).astype(float)
+  assert lm_stability.spike_events(loss) == (1, 1.5, 10.0)
+  assert lm_stability.spike_events(np.full(40, 2.0)) == (0, 1.0, 0.0)
+  n, height, recover = lm_stability.spike_events(np.concatenate([loss, np.full(5, np.nan)]))
+  assert (n, height, recover) == (2, math.inf, 7.5)
