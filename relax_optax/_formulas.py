@@ -53,6 +53,9 @@ def speed_factor(q: jax.Array, formula: str) -> jax.Array:
   # into each consumer's fusion, but it would copy a final select, and with
   # it the whole cheap computation of q (in "global" mode, a sum over every
   # leaf) into every leaf's fusion, which makes the compiled step grow as n².
+  # lax.select, not jnp.where: the same operation without a nested jit per
+  # leaf (tracing and lowering time at thousands of leaves).
+  one, zero = jnp.ones_like(q), jnp.zeros_like(q)
   if formula == "tanh":
     closed = q < _TANH_SERIES_MAX
     num_closed = 1 - q / 3 + (2 / 15) * q * q  # tanh(ρ)/ρ
@@ -60,6 +63,6 @@ def speed_factor(q: jax.Array, formula: str) -> jax.Array:
     # relativistic-adam 1.0.0: u · sqrt(1 - (n/c)²) below the limit and
     # u · tanh(n/c) / (n/c) at or above it (discontinuous at n = c).
     closed = q < 1
-    num_closed = jnp.sqrt(1 - jnp.where(closed, q, 0))
-  rho = jnp.sqrt(jnp.where(closed, 1, q))
-  return jnp.where(closed, num_closed, jnp.tanh(rho)) / rho
+    num_closed = jnp.sqrt(1 - jax.lax.select(closed, q, zero))
+  rho = jnp.sqrt(jax.lax.select(closed, one, q))
+  return jax.lax.select(closed, num_closed, jnp.tanh(rho)) / rho

@@ -59,9 +59,11 @@ def isolate(values: Any) -> Any:
   by every one of them. Passing each leaf's scalars through its own
   ``optimization_barrier``, together with the arrays its reduction reads
   (which makes each barrier distinct), keeps every broadcast inside its own
-  kernel. Only ``relativistic_adam``'s norms from Adam's moments use it (the
-  arrays tied in are the moments, in memory anyway); the plain path does not,
-  since there the barrier would make XLA write the update itself to memory.
+  kernel. Only ``relativistic_adam``'s norms from Adam's moments use it, and
+  only on leaves of at least ``_adam_norms.ISOLATE_MIN_SIZE`` entries, where
+  the broadcast costs more than the barrier's compile time (the arrays tied
+  in are the moments, in memory anyway); the plain path does not, since there
+  the barrier would make XLA write the update itself to memory.
   What it buys on XLA:CPU, measured by ``benchmarks/step_overhead.py`` (its
   "shared scalars" section): the norms' reduction over 4 leaves of 2.5e6
   entries runs 1.8x faster and without 30 MB of scratch; the whole step at
@@ -80,6 +82,7 @@ class _Limit(typing.NamedTuple):
 
   inv_c: jax.Array  # shape=(): 1/c (0 for c = inf); 1 where bound = 0.
   bound: jax.Array  # shape=(): B·c, at most the dtype's largest number.
+  neg_bound: jax.Array  # shape=(): -bound (once, not once per leaf).
 
 
 def _limit(speed_limit: jax.typing.ArrayLike, dtype: Any) -> _Limit:
@@ -95,17 +98,23 @@ def _limit(speed_limit: jax.typing.ArrayLike, dtype: Any) -> _Limit:
   zero = c < jnp.finfo(dtype).tiny
   inv_c = 1 / jnp.where(zero, 1, c)
   bound = jnp.where(zero, 0, jnp.minimum(_CLAMP * c, jnp.finfo(dtype).max))
-  return _Limit(inv_c, bound)
+  return _Limit(inv_c, bound, -bound)
 
 
-def _clamp(u: jax.Array, bound: jax.Array) -> jax.Array:
+def cast(x: jax.Array, dtype: Any) -> jax.Array:
+  """``x.astype(dtype)``, without its tracing cost when ``x`` has it already
+  (a few operations per leaf add up to seconds of tracing at 2,000 leaves)."""
+  return x if x.dtype == dtype else x.astype(dtype)
+
+
+def _clamp(u: jax.Array, lim: _Limit) -> jax.Array:
   """``u`` with each real component clipped to ``±bound`` (NaN stays NaN).
 
   For complex ``u`` the real and imaginary parts are clipped apart, which
   keeps the phase of every entry below the bound."""
   if jnp.iscomplexobj(u):
-    return jax.lax.complex(_clamp(u.real, bound), _clamp(u.imag, bound))
-  return jnp.clip(u, -bound, bound)
+    return jax.lax.complex(_clamp(u.real, lim), _clamp(u.imag, lim))
+  return jnp.minimum(jnp.maximum(u, lim.neg_bound), lim.bound)
 
 
 def _abs2(x: jax.Array) -> jax.Array:
@@ -212,7 +221,7 @@ def scale_leaves(
     limits = [_limit(c, real) for c in speed_limit]
   else:
     limits = [_limit(speed_limit, real)] * len(leaves)
-  z = [_clamp(u.astype(dtype), lim.bound) for u, lim in zip(leaves, limits, strict=True)]
+  z = [_clamp(cast(u, dtype), lim) for u, lim in zip(leaves, limits, strict=True)]
 
   if mode == "per_component":
     if return_q:
@@ -227,10 +236,11 @@ def scale_leaves(
     # square comes last: XLA rewrites (x·k)² as x²·k², and k² = 1/c²
     # overflows for c < 1e-19.
     if norm_sources is None:
-      norm_sources = [_plain_source(u.astype(dtype)) for u in leaves]
+      norm_sources = [_plain_source(cast(u, dtype)) for u in leaves]
     sums = []
+    units_bound = jnp.asarray(_CLAMP, real)
     for source, lim in zip(norm_sources, limits, strict=True):
-      t, bound = source(lim.inv_c, jnp.asarray(_CLAMP, real))
+      t, bound = source(lim.inv_c, units_bound)
       sums.append(jnp.sum(jnp.square(jnp.minimum(jnp.abs(t), bound))))
     sharded = _sharded_flags(leaves, axis_name)
     if mode == "global":
@@ -241,8 +251,8 @@ def scale_leaves(
       qs = [_group_sum([s], [f], axis_name) for s, f in zip(sums, sharded, strict=True)]
       out = [zi * speed_factor(q, formula) for zi, q in zip(z, qs, strict=True)]
     if return_q:
-      return [v.astype(u.dtype) for u, v in zip(leaves, out, strict=True)], qs
-  return [v.astype(u.dtype) for u, v in zip(leaves, out, strict=True)]
+      return [cast(v, u.dtype) for u, v in zip(leaves, out, strict=True)], qs
+  return [cast(v, u.dtype) for u, v in zip(leaves, out, strict=True)]
 
 
 def scale_tree(

@@ -235,6 +235,28 @@ def test_fast_path_equals_chain(name, mode):
       assert _group_norms(u, mode).max() <= LIMIT * (1 + 1e-5)
 
 
+@pytest.mark.parametrize("mode", ["global", "per_param"])
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_fast_path_equals_chain_on_a_leaf_behind_the_barrier(name, mode):
+  """A leaf of ``ISOLATE_MIN_SIZE`` entries takes the barrier'd norm; values unchanged."""
+  from relax_optax._adam_norms import ISOLATE_MIN_SIZE
+
+  rng = np.random.default_rng(1)
+  params = {
+    "big": jnp.asarray(rng.standard_normal(ISOLATE_MIN_SIZE), jnp.float32),
+    "small": jnp.asarray(rng.standard_normal(5), jnp.float32),
+  }
+  txs = {fast: _variant(name, mode, fast) for fast in PATHS}
+  run = _run(_side_by_side(txs), {k: params for k in txs}, n_steps=3)
+  fast, fast_updates, _ = _part(run, True)
+  chain, chain_updates, _ = _part(run, False)
+  chex.assert_trees_all_close(fast, chain, rtol=RTOL, atol=ATOL)
+  chex.assert_trees_all_close(fast_updates, chain_updates, rtol=RTOL, atol=ATOL)
+  if VARIANTS[name][0] is relax_optax.relativistic_adam:
+    for u in fast_updates:
+      assert _group_norms(u, mode).max() <= LIMIT * (1 + 1e-5)
+
+
 def test_the_argument_switches_the_program():
   """The comparisons in this file compare two programs, not one with itself.
 
