@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from relax_optax._formulas import FORMULAS, Formula, speed_factor
+from relax_optax._formulas import FORMULAS, Formula, scale_entries, speed_factor
 from relax_optax._validation import check_choice, check_scalar
 
 Mode = Literal["global", "per_param", "per_component"]
@@ -83,6 +83,7 @@ class _Limit(typing.NamedTuple):
   inv_c: jax.Array  # shape=(): 1/c (0 for c = inf); 1 where bound = 0.
   bound: jax.Array  # shape=(): B·c, at most the dtype's largest number.
   neg_bound: jax.Array  # shape=(): -bound (once, not once per leaf).
+  finite_c: jax.Array  # shape=(): c, or 1 where c is infinite or gives v = 0.
 
 
 def _limit(speed_limit: jax.typing.ArrayLike, dtype: Any) -> _Limit:
@@ -98,7 +99,8 @@ def _limit(speed_limit: jax.typing.ArrayLike, dtype: Any) -> _Limit:
   zero = c < jnp.finfo(dtype).tiny
   inv_c = 1 / jnp.where(zero, 1, c)
   bound = jnp.where(zero, 0, jnp.minimum(_CLAMP * c, jnp.finfo(dtype).max))
-  return _Limit(inv_c, bound, -bound)
+  finite_c = jnp.where(zero | (inv_c == 0), 1, c)
+  return _Limit(inv_c, bound, -bound, finite_c)
 
 
 def cast(x: jax.Array, dtype: Any) -> jax.Array:
@@ -115,13 +117,6 @@ def _clamp(u: jax.Array, lim: _Limit) -> jax.Array:
   if jnp.iscomplexobj(u):
     return jax.lax.complex(_clamp(u.real, lim), _clamp(u.imag, lim))
   return jnp.minimum(jnp.maximum(u, lim.neg_bound), lim.bound)
-
-
-def _abs2(x: jax.Array) -> jax.Array:
-  """``|x|²``, real (``re² + im²`` for complex ``x``)."""
-  if jnp.iscomplexobj(x):
-    return jnp.square(x.real) + jnp.square(x.imag)
-  return jnp.square(x)
 
 
 def _sharded_flags(leaves: Sequence[jax.Array], axis_name: AxisName | None) -> list[bool]:
@@ -227,7 +222,7 @@ def scale_leaves(
     if return_q:
       raise ValueError("return_q is not available for mode='per_component'.")
     out = [
-      zi * speed_factor(_abs2(zi * lim.inv_c), formula) for zi, lim in zip(z, limits, strict=True)
+      scale_entries(zi, lim.inv_c, lim.finite_c, formula) for zi, lim in zip(z, limits, strict=True)
     ]
   else:
     # min(|u/c|, B)²: the same values as |z/c|², written with operations

@@ -140,6 +140,38 @@ def test_per_component_on_scalars_equals_per_param(formula):
   )
 
 
+@pytest.mark.parametrize("formula", FORMULAS)
+@pytest.mark.parametrize("c", [1e-30, 1e-3, 0.5, 1e3, 1e20])
+def test_per_component_per_entry_form_equals_the_general_factor(formula, c):
+  """per_component's per-entry form (c·tanh(u/c), ...) against per_param's f(q).
+
+  One array of entries from 1e-38 to 1e38 times c, both signs, 0 and ±inf,
+  under jit; per_param on size-1 leaves evaluates the general factor. (Up to
+  c = 1e20: above about 3e26, 2^40·c overflows and per_param's clamp of an
+  infinite entry no longer reaches c.)
+  """
+  mags = np.concatenate([[0.0], 10.0 ** np.arange(-38, 39, 1.0), [np.inf]])
+  x = np.concatenate([mags, -mags]) * c
+  x = x[(np.abs(x) < 3e38) | np.isinf(x)].astype(np.float32)  # float32 numbers and ±inf
+  scale = jax.jit(relax_optax.relativistic_scale, static_argnames=("mode", "formula"))
+  per_entry = scale(jnp.asarray(x), c, mode="per_component", formula=formula)
+  general = scale([jnp.asarray(e) for e in x], c, mode="per_param", formula=formula)
+  np.testing.assert_allclose(per_entry, np.stack(general), rtol=2e-6, atol=0)
+  assert np.all(np.abs(per_entry) <= np.float32(c) * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+def test_per_component_without_a_limit_is_the_identity_with_a_finite_gradient(formula):
+  u = jnp.array([-3.0, 0.0, 1e-3, 2e30])
+  f = lambda u: jnp.sum(
+    relax_optax.relativistic_scale(u, jnp.inf, mode="per_component", formula=formula)
+  )
+  chex.assert_trees_all_equal(
+    relax_optax.relativistic_scale(u, jnp.inf, mode="per_component", formula=formula), u
+  )
+  chex.assert_trees_all_close(jax.grad(f)(u), jnp.ones(4))
+
+
 def test_global_is_one_factor_for_the_whole_tree():
   u = {"a": jnp.array([3.0]), "b": jnp.array([4.0])}  # global ‖u‖ = 5
   v = relax_optax.relativistic_scale(u, 5.0, mode="global")
