@@ -56,12 +56,14 @@ def _inverse_correction(decay: Any, count: jax.Array) -> jax.Array:
   return optax.tree.bias_correction(jnp.ones((), jnp.float32), decay, count)
 
 
-# Leaves from this many entries get their norm's scalars behind a barrier
-# (_groups.isolate). Below it, what the barrier saves is a few microseconds a
-# step (measured by benchmarks/step_overhead.py: 1.09x on a 0.04 ms reduction
-# over 8 leaves of 64 x 64; 1.3x from 256 x 256, 1.55x at 1024 x 1024), while
-# its compile time is paid per leaf whatever its size.
-ISOLATE_MIN_SIZE = 2**16
+# Leaves from this many entries (128 KiB in float32) get their norm's scalars
+# behind a barrier (_groups.isolate). What the barrier saves grows with the
+# leaf (the norms' reduction over 8 leaves, benchmarks/step_overhead.py's
+# shared_scalars(shape=...): 1.09x on 0.04 ms at 64 x 64, 1.3x at 256 x 256,
+# 1.55x at 1024 x 1024; the whole step at 1e7 parameters in 256 leaves of
+# 39k entries: 1.57x optax.adam with it, 1.67x without), while its compile
+# time is paid per leaf whatever the size: below this size it is not worth it.
+ISOLATE_MIN_SIZE = 2**15
 
 
 def _is_python_zero(x: Any) -> bool:
