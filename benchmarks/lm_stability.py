@@ -50,6 +50,15 @@ A second domain, scikit-learn's bundled ``load_digits`` (8x8 images, 10
 classes) with a deep ReLU MLP without normalisation (``examples/high_lr_demo``'s
 ``MLP``), runs the same arms (less qk-layernorm) and grids.
 
+``--full`` adds a second transformer, width 128 and depth 3 (``--full-size D DEPTH``;
+4 heads, 664,448 parameters against the default's 135,488), after the default one.
+It was width 128 and depth 4 (2x in both) until it had to be run: one arm of that size
+costs 4.3x the default's, so the whole ``--full`` would have taken about 76 minutes on
+one core, with no margin in the 75 minutes the run had; width 128 and depth 3 costs
+3.2x (measured, one arm, before the run). Every domain records its wall time
+(``seconds``) and the load average around it, so the default size's time comes out of
+the same run.
+
 ``--step-time`` instead times the end-to-end train step of ``relativistic_adamw``
 vs ``optax.adamw`` on the default transformer (about 1.5 minutes).
 ``--spikes`` instead induces instabilities on the default transformer (gradient
@@ -67,11 +76,18 @@ Writes ``lm_stability.{json,png,txt}``, ``lm_stability_logits.png`` and
 
 Run::
 
-  python -m benchmarks.lm_stability             # default: one model size; 26 min on 2 busy cores
-  python -m benchmarks.lm_stability --full      # adds a wider, deeper model
+  python -m benchmarks.lm_stability             # default: one model size; ~14 min (see below)
+  python -m benchmarks.lm_stability --full      # adds d 128, depth 3: 55 min (see below)
   python -m benchmarks.lm_stability --quick     # a tiny grid, under a minute (the CI test)
   python -m benchmarks.lm_stability --step-time # step time vs optax.adamw, ~1-2 minutes
   python -m benchmarks.lm_stability --spikes    # induced instabilities vs guards, ~4 minutes
+
+Measured times (``lm_stability_full.json``), on one core of the 2 (``taskset -c 1``, XLA
+single-threaded) while the other core ran compile-time benchmarks (load average
+1.2-2.4): ``--full`` 3,295 s (55 min): the default transformer 761 s, the d 128 depth 3
+transformer 2,475 s, digits 53 s; so the default run (its transformer and digits) takes
+about 14 minutes there (814 s plus start-up and plots). The committed default run took
+26 min on both cores under a load of 3-9.
 """
 
 from __future__ import annotations
@@ -573,6 +589,7 @@ def run_domain(domain: Domain, args, seeds: list[int], bar: tqdm) -> dict:
     "c_default_entry": args.speed_limit,
     "arms": {},
   }
+  t_domain, load0 = time.perf_counter(), os.getloadavg()
   for arm in selected(domain.name.split()[0], args.arms, n_params):
     bar.set_description(f"{domain.name}: {arm.name}"[:40])
     t0 = time.perf_counter()
@@ -602,6 +619,12 @@ def run_domain(domain: Domain, args, seeds: list[int], bar: tqdm) -> dict:
       res["c_sensitivity"] = sens(res["c_sweep"]["final_val"], domain.cap_loss).tolist()
     res["seconds"] = time.perf_counter() - t0
     out["arms"][arm.name] = res
+  # Wall time of the whole domain (every arm, compilation included) and the load around it.
+  out |= {
+    "seconds": time.perf_counter() - t_domain,
+    "load_before": load0,
+    "load_after": os.getloadavg(),
+  }
   return out
 
 
@@ -772,7 +795,36 @@ def markdown_tables(data: dict) -> str:
         + " |"
       )
     p("")
+  lm_results = [r for r in data["results"] if r["domain"].startswith("lm")]
+  if len(lm_results) > 1:
+    out += size_table(lm_results)
   return "\n".join(out)
+
+
+def size_table(results: list[dict]) -> list[str]:
+  """Every arm's LR and c sensitivity, best loss and largest attention logit at the
+  highest LR, one column group per transformer size (``--full``)."""
+  lr_top = results[0]["lrs"][-1]
+  out = [
+    "#### Both transformer sizes\n",
+    "Sensitivity in LR and in c (mean over seeds), best validation loss, largest attention"
+    f" logit at lr = {lr_top:g} (median over seeds):\n",
+  ]
+  head = "| arm |"
+  for res in results:
+    name = res["domain"].removeprefix("lm ")
+    head += f" {name}: LR sens. | c sens. | best val | attn. logit |"
+  out += [head, "| --- |" + " ---: |" * (4 * len(results))]
+  for arm in results[0]["arms"]:
+    row = f"| `{arm}` |"
+    for res in results:
+      r = res["arms"][arm]
+      c = f"{np.mean(r['c_sensitivity']):.3f}" if "c_sensitivity" in r else "–"
+      logit = float(np.median(np.asarray(r["lr_sweep"]["max_attn_logit"][-1], float)))
+      row += f" {np.mean(r['lr_sensitivity']):.3f} | {c} | {best_val(r):.3f} | {logit:.3g} |"
+    out.append(row)
+  out.append("")
+  return out
 
 
 def headline(res: dict) -> str:
@@ -1431,6 +1483,14 @@ def main(argv=None) -> None:
   parser.add_argument("--quick", action="store_true", help="a tiny grid, under a minute")
   parser.add_argument("--full", action="store_true", help="add a wider, deeper transformer")
   parser.add_argument(
+    "--full-size",
+    type=int,
+    nargs=2,
+    default=[128, 3],
+    metavar=("D", "DEPTH"),
+    help="width and depth of --full's second transformer (default 128 3)",
+  )
+  parser.add_argument(
     "--step-time",
     action="store_true",
     help="only time relativistic_adamw vs optax.adamw (1-2 minutes)",
@@ -1509,7 +1569,7 @@ def main(argv=None) -> None:
   corpus = lm_model.stdlib_corpus()
   sizes = [(args.d, args.depth, args.heads)]
   if args.full:
-    sizes.append((2 * args.d, 2 * args.depth, args.heads))
+    sizes.append((*args.full_size, args.heads))
   domains = []
   if "lm" in args.domains:
     domains += [

@@ -104,6 +104,7 @@ def test_quick_run_writes_finite_results(tmp_path):
     n_lr, n_c, n_seeds = len(res["lrs"]), len(res["c_entry"]), data["config"]["seeds"]
     assert math.isclose(res["cap_loss"], math.log(256 if res["domain"].startswith("lm") else 10))
     assert set(res["arms"]) == set(data["config"]["arms"])
+    assert res["seconds"] > 0 and len(res["load_before"]) == len(res["load_after"]) == 3
     for name, r in res["arms"].items():
       sweep = r["lr_sweep"]
       assert np.shape(sweep["final_val"]) == (n_lr, n_seeds)
