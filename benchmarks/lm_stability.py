@@ -1562,6 +1562,7 @@ def main(argv=None) -> None:
     args.d, args.depth, args.heads, args.seq_len, args.batch = 16, 1, 2, 16, 4
     args.val_windows, args.digits_width, args.digits_depth = 8, 16, 4
     args.arms = args.arms or ["adamw", "stable_adamw", "relativistic global"]
+    args.full_size = [2 * args.d, 2 * args.depth]  # --quick --full: a tiny second size
     if args.out == RESULTS / "lm_stability":
       args.out = RESULTS / "lm_stability_quick"
   seeds = list(range(args.seeds))
