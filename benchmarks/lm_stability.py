@@ -361,6 +361,27 @@ def lm_domain(
   )
 
 
+def args_lm_domain(
+  corpus: lm_model.Corpus,
+  args,
+  *,
+  d: int | None = None,
+  depth: int | None = None,
+  val_windows: int | None = None,
+) -> Domain:
+  """:func:`lm_domain` with the command line's shape; ``d``, ``depth`` and
+  ``val_windows`` override it."""
+  return lm_domain(
+    corpus,
+    d=args.d if d is None else d,
+    depth=args.depth if depth is None else depth,
+    heads=args.heads,
+    seq_len=args.seq_len,
+    batch=args.batch,
+    val_windows=args.val_windows if val_windows is None else val_windows,
+  )
+
+
 def digits_domain(*, width: int, depth: int, batch: int) -> Domain:
   """scikit-learn's ``load_digits``: 1,797 8x8 images, 10 classes; 500 for validation."""
   from sklearn.datasets import load_digits
@@ -971,16 +992,7 @@ def plot_logit_growth(results: list[dict], path: Path, lrs=(1e-2, 1e-1, 1.0)) ->
 
 def step_time(args) -> None:
   """Times the jitted train step (pure JAX, params donated) and the nnx.Optimizer step."""
-  corpus = lm_model.stdlib_corpus()
-  domain = lm_domain(
-    corpus,
-    d=args.d,
-    depth=args.depth,
-    heads=args.heads,
-    seq_len=args.seq_len,
-    batch=args.batch,
-    val_windows=8,
-  )
+  domain = args_lm_domain(lm_model.stdlib_corpus(), args, val_windows=8)
   txs = {"optax.adamw": lambda: optax.adamw(1e-3, B1, B2, EPS, weight_decay=WEIGHT_DECAY)}
   for mode in relax_optax.MODES:
     txs[f"relativistic_adamw {mode}"] = lambda mode=mode: relax_optax.relativistic_adamw(
@@ -1257,16 +1269,7 @@ def spikes(args) -> None:
   rel = best["arms"]["relativistic per_param"]
   rel_final = np.median(np.asarray(rel["c_sweep"]["final_val"], float), 1)
   best_c = float(best["c_entry"][int(np.nanargmin(rel_final))])
-  corpus = lm_model.stdlib_corpus()
-  domain = lm_domain(
-    corpus,
-    d=args.d,
-    depth=args.depth,
-    heads=args.heads,
-    seq_len=args.seq_len,
-    batch=args.batch,
-    val_windows=args.val_windows,
-  )
+  domain = args_lm_domain(lm_model.stdlib_corpus(), args)
   seeds = list(range(args.seeds))
   steps = args.steps
   states = [nnx.split(domain.init(s, False), nnx.Param) for s in seeds]
@@ -1568,23 +1571,12 @@ def main(argv=None) -> None:
   seeds = list(range(args.seeds))
 
   corpus = lm_model.stdlib_corpus()
-  sizes = [(args.d, args.depth, args.heads)]
+  sizes = [(args.d, args.depth)]
   if args.full:
-    sizes.append((*args.full_size, args.heads))
+    sizes.append(tuple(args.full_size))
   domains = []
   if "lm" in args.domains:
-    domains += [
-      lm_domain(
-        corpus,
-        d=d,
-        depth=depth,
-        heads=heads,
-        seq_len=args.seq_len,
-        batch=args.batch,
-        val_windows=args.val_windows,
-      )
-      for d, depth, heads in sizes
-    ]
+    domains += [args_lm_domain(corpus, args, d=d, depth=depth) for d, depth in sizes]
   if "digits" in args.domains:
     domains.append(digits_domain(width=args.digits_width, depth=args.digits_depth, batch=128))
   n_arms = {d.name: len(selected(d.name.split()[0], args.arms)) for d in domains}
