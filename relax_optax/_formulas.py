@@ -56,7 +56,6 @@ def speed_factor(q: jax.Array, formula: str) -> jax.Array:
   # leaf) into every leaf's fusion, which makes the compiled step grow as n².
   # lax.select, not jnp.where: the same operation without a nested jit per
   # leaf (tracing and lowering time at thousands of leaves).
-  one, zero = jnp.ones_like(q), jnp.zeros_like(q)
   if formula == "tanh":
     closed = q < _TANH_SERIES_MAX
     num_closed = 1 - q / 3 + (2 / 15) * q * q  # tanh(ρ)/ρ
@@ -64,8 +63,8 @@ def speed_factor(q: jax.Array, formula: str) -> jax.Array:
     # relativistic-adam 1.0.0: u · sqrt(1 - (n/c)²) below the limit and
     # u · tanh(n/c) / (n/c) at or above it (discontinuous at n = c).
     closed = q < 1
-    num_closed = jnp.sqrt(1 - jax.lax.select(closed, q, zero))
-  rho = jnp.sqrt(jax.lax.select(closed, one, q))
+    num_closed = jnp.sqrt(1 - jax.lax.select(closed, q, jnp.zeros_like(q)))
+  rho = jnp.sqrt(jax.lax.select(closed, jnp.ones_like(q), q))
   return jax.lax.select(closed, num_closed, jnp.tanh(rho)) / rho
 
 
