@@ -23,12 +23,12 @@ scale_by_relativistic)`` (the rows ``chain:...``) or Adam followed by
 scratch buffer; above glibc's 32 MiB mmap threshold that buffer is returned
 to the OS after every call and its pages are faulted in again on the next
 (~3 ns per float32 entry here, more than Adam's whole step).
-``relativistic_adam`` computes the norm from the moments instead
-(``relax_optax/_adam_norms.py``): one extra reduction pass over the two
-moments, and Adam's update is never written. ``temp MB`` is each compiled
-step's preallocated scratch: for ``relativistic_adam`` it holds broadcasts of
-scalars that XLA:CPU materialises when several of its YNNPACK reductions
-share them (written once per step, about a leaf's size each).
+``relativistic_adam`` computes the same chain; on CPU, for leaves of at least
+2^15 entries, it takes the norm from Adam's update computed a second time
+from the same inputs behind an ``optimization_barrier``
+(``relax_optax/_recipes.py``): one extra reduction pass over the gradient and
+the two moments, and Adam's update is never written. ``temp MB`` is each
+compiled step's preallocated scratch.
 
 With ``--torch PYTHON`` (an interpreter with torch and relativistic-adam
 1.0.0), the original PyTorch ``RelativisticAdam`` and ``torch.optim.Adam`` are
@@ -91,7 +91,7 @@ def optimizers(formulas: list[str]) -> dict[str, optax.GradientTransformation]:
   # Optax's own way of bounding a step by a global norm.
   txs["adam+clip"] = optax.chain(optax.adam(1e-3), optax.clip_by_global_norm(1.0))
   for mode in ("per_param", "global"):
-    # The plain chain of Optax parts (relativistic_adam's norms_from_moments=False).
+    # The plain chain of Optax parts (what relativistic_adam computes, without the recompute).
     txs[f"chain:{mode}/lorentz"] = optax.chain(
       optax.scale_by_adam(),
       optax.scale_by_learning_rate(1e-3),
@@ -342,7 +342,7 @@ def shared_scalars(rounds: int, leaves: int = 4, shape=(2500, 1000)) -> dict[str
   leaves, XLA materialises their broadcasts as leaf-sized buffers read by
   every reduction; with each leaf's scalars behind its own barrier it does not.
   """
-  from relax_optax._groups import isolate
+  isolate = jax.lax.optimization_barrier  # what relativistic_adam does per large leaf
 
   def make(isolated: bool):
     def f(ms, vs, k, e):

@@ -76,11 +76,9 @@ def fsdp_specs(params: dict[str, Any], n_devices: int) -> dict[str, Any]:
 def make_optimizer(learning_rate: float, speed_limit: float) -> optax.GradientTransformation:
   return relax_optax.relativistic_adamw(
     learning_rate,
-    speed_limit=speed_limit,
+    speed_limit=relax_optax.speed_limit_warmup(speed_limit, 10),
     mode="global",
     weight_decay=1e-4,
-    adaptive_speed=True,
-    speed_warmup_steps=10,
   )
 
 

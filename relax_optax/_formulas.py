@@ -68,18 +68,13 @@ def speed_factor(q: jax.Array, formula: str) -> jax.Array:
   return jax.lax.select(closed, num_closed, jnp.tanh(rho)) / rho
 
 
-def _abs2(x: jax.Array) -> jax.Array:
-  """``|x|²``, real (``re² + im²`` for complex ``x``)."""
-  if jnp.iscomplexobj(x):
-    return jnp.square(x.real) + jnp.square(x.imag)
-  return jnp.square(x)
-
-
-def scale_entries(z: jax.Array, inv_c: jax.Array, finite_c: jax.Array, formula: str) -> jax.Array:
+def scale_entries(
+  z: jax.Array, inv_c: jax.Array, finite_c: jax.Array, formula: str, max_units: float
+) -> jax.Array:
   """``z · f(|z/c|²)``: every entry its own group (``mode="per_component"``).
 
-  Equal to ``z * speed_factor(|z·inv_c|², formula)`` up to rounding, written
-  per entry for real ``z``: with ``n = |z|`` and ``t = z/c``, ``tanh``'s
+  Equal to ``z * speed_factor(|z/c|², formula)`` up to rounding, written per
+  entry for real ``z``: with ``n = |z|`` and ``t = z/c``, ``tanh``'s
   ``z·c·tanh(n/c)/n`` is ``c·tanh(t)``, and ``reference`` is ``z·sqrt(1 - t²)``
   below the limit and ``c·tanh(t)`` at or above it. That is a third of the
   operations per entry (no square root, series or division for ``tanh``),
@@ -87,20 +82,33 @@ def scale_entries(z: jax.Array, inv_c: jax.Array, finite_c: jax.Array, formula: 
   on every entry, not once per group. Complex entries (the modulus decides)
   and ``lorentz`` (already a few operations) use :func:`speed_factor`.
 
+  Numerics: ``|t|²`` is taken as ``min(|t|, max_units)²``. The ``min`` changes
+  no value (the entries are clamped to ``max_units·c``) but keeps XLA from
+  rewriting ``(z·k)²`` as ``z²·k²``, where ``k² = 1/c²`` overflows for
+  ``c < 1e-19`` (NaN for ``z = 0``) and underflows for ``c > 1e19`` (no
+  scaling at all).
+
   Args:
-    z: the clamped entries (``|z| <= 2^40·c``), in a compute dtype.
+    z: the clamped entries (``|z| <= max_units·c``), in a compute dtype.
     inv_c: ``1/c``, a scalar: 0 for ``c = inf`` (then ``v = z``).
     finite_c: ``c``, a scalar, or 1 where ``c`` is infinite (so that the
       branch not taken stays finite, and with it the gradient).
     formula: one of :data:`FORMULAS`.
+    max_units: the clamp bound in units of ``c``.
 
   Returns:
     ``v``, of ``z``'s shape and dtype.
   """
-  if formula == "lorentz" or jnp.iscomplexobj(z):
-    return z * speed_factor(_abs2(z * inv_c), formula)
   if formula not in FORMULAS:
     raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}.")
+
+  def square_units(x: jax.Array) -> jax.Array:  # min(|x/c|, B)², real x
+    return jnp.square(jnp.minimum(jnp.abs(x * inv_c), max_units))
+
+  if jnp.iscomplexobj(z):
+    return z * speed_factor(square_units(z.real) + square_units(z.imag), formula)
+  if formula == "lorentz":
+    return z * speed_factor(square_units(z), formula)
   t = z * inv_c
   beyond = jnp.tanh(t) * finite_c
   if formula == "tanh":
@@ -109,7 +117,7 @@ def scale_entries(z: jax.Array, inv_c: jax.Array, finite_c: jax.Array, formula: 
     # v = z for c = inf (t = 0).
     small = math.sqrt(jnp.finfo(z.dtype).eps)
     return jax.lax.select(jnp.abs(t) < small, z, beyond)
-  q = t * t
+  q = square_units(z)
   closed = q < 1  # c = inf: t = 0, so v = z here
   below = z * jnp.sqrt(1 - jax.lax.select(closed, q, jnp.zeros_like(q)))
   return jax.lax.select(closed, below, beyond)

@@ -27,6 +27,7 @@ NaN: there it counts as an infinite entry and the rest of its group saturates.
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from relax_optax._formulas import FORMULAS, Formula, scale_entries, speed_factor
-from relax_optax._validation import check_choice, check_scalar
+from relax_optax._validation import check_choice, check_scalar_or_schedule
 
 Mode = Literal["global", "per_param", "per_component"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
@@ -44,33 +45,6 @@ AxisName = Any  # a hashable name of a mapped axis, or a tuple of them, as in ja
 
 # |z/c| <= 2^40: the squares stay below 2^80 (see the module docstring).
 _CLAMP = 2.0**40
-
-# A leaf's update in units of the speed limit, from ``(1/c, B)``: returns it
-# and the clamp bound ``B``, both as the leaf's own values (see isolate).
-NormSource = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-
-
-def isolate(values: Any) -> Any:
-  """``values`` (a pytree) unchanged, as a distinct copy per call site in XLA.
-
-  XLA:CPU runs large reductions in YNNPACK kernels, and when several of them
-  (one per leaf of the same shape) read the same scalar, XLA materialises that
-  scalar's broadcast as a full leaf-sized array, written every step and read
-  by every one of them. Passing each leaf's scalars through its own
-  ``optimization_barrier``, together with the arrays its reduction reads
-  (which makes each barrier distinct), keeps every broadcast inside its own
-  kernel. Only ``relativistic_adam``'s norms from Adam's moments use it, and
-  only on leaves of at least ``_adam_norms.ISOLATE_MIN_SIZE`` entries, where
-  the broadcast costs more than the barrier's compile time (the arrays tied
-  in are the moments, in memory anyway); the plain path does not, since there
-  the barrier would make XLA write the update itself to memory.
-  What it buys on XLA:CPU, measured by ``benchmarks/step_overhead.py`` (its
-  "shared scalars" section): the norms' reduction over 4 leaves of 2.5e6
-  entries runs 1.8x faster and without 30 MB of scratch; the whole step at
-  1e7 parameters in 4 leaves went from 4.2x to 1.66x ``optax.adam``. It
-  changes no value.
-  """
-  return jax.lax.optimization_barrier(values)
 
 
 def _is_array_leaf(x: Any) -> bool:
@@ -87,19 +61,30 @@ class _Limit(typing.NamedTuple):
 
 
 def _limit(speed_limit: jax.typing.ArrayLike, dtype: Any) -> _Limit:
-  """``1/c`` and the clamp bound ``B·c``.
+  """``1/c`` and the clamp bound ``B·c``, in the real compute ``dtype``.
 
-  A ``c`` below the smallest normal number (0, negative or subnormal: only
-  possible for a traced or scheduled value) gives ``bound = 0`` and so
-  ``v = 0`` (``1/c`` is then 1, so that the norm stays finite); a NaN ``c``
-  gives NaN. ``c = inf`` gives ``1/c = 0`` and ``v = u``, except that an
-  infinite entry makes its group NaN (``inf/inf``).
+  A ``c`` below the smallest normal number (0, negative or subnormal: a
+  traced, injected or scheduled value) gives ``bound = 0`` and so ``v = 0``
+  (``1/c`` is then 1, so that the norm stays finite); a NaN ``c`` gives NaN.
+  ``c = inf`` gives ``1/c = 0``: no limit. A finite ``c`` above ``1/tiny``
+  (2^126 ≈ 8.5e37 in float32) is applied as ``1/tiny``: its reciprocal would
+  be subnormal, which XLA:CPU flushes to 0, and the limit would vanish; a
+  Python ``c`` beyond the dtype's largest number is capped the same way,
+  not rounded to ``inf``.
   """
-  c = jnp.asarray(speed_limit, dtype)
-  zero = c < jnp.finfo(dtype).tiny
-  inv_c = 1 / jnp.where(zero, 1, c)
-  bound = jnp.where(zero, 0, jnp.minimum(_CLAMP * c, jnp.finfo(dtype).max))
-  finite_c = jnp.where(zero | (inv_c == 0), 1, c)
+  info = jnp.finfo(dtype)
+  cap = 1 / float(info.tiny)  # a power of two: its reciprocal is tiny, exactly
+  if isinstance(speed_limit, (int, float)):
+    x = float(speed_limit)
+    c = jnp.asarray(x if x == math.inf or math.isnan(x) else min(x, cap), dtype)
+  else:
+    c = jnp.asarray(speed_limit)
+    c = jax.lax.select(c == math.inf, c, jnp.minimum(c, jnp.asarray(cap, c.dtype)))
+    c = cast(c, dtype)
+  zero = c < info.tiny
+  inv_c = 1 / jax.lax.select(zero, jnp.ones_like(c), c)
+  bound = jax.lax.select(zero, jnp.zeros_like(c), jnp.minimum(_CLAMP * c, info.max))
+  finite_c = jax.lax.select(zero | (inv_c == 0), jnp.ones_like(c), c)
   return _Limit(inv_c, bound, -bound, finite_c)
 
 
@@ -143,7 +128,7 @@ def _sharded_flags(leaves: Sequence[jax.Array], axis_name: AxisName | None) -> l
 def _group_sum(
   sums: Sequence[jax.Array], sharded: Sequence[bool], axis_name: AxisName | None
 ) -> jax.Array:
-  """The sum of per-leaf sums over one group, on every device.
+  """The sum of per-leaf sums over one group (``global``), on every device.
 
   A leaf sharded over ``axis_name`` holds part of the group on each device, so
   its sum is added up across the axis (one ``psum`` for all of them); a
@@ -156,26 +141,54 @@ def _group_sum(
   return _total(whole)
 
 
+def _leaf_sums_across(
+  sums: Sequence[jax.Array], sharded: Sequence[bool], axis_name: AxisName | None
+) -> list[jax.Array]:
+  """Each leaf's sum over its whole leaf (``per_param``), on every device.
+
+  The sums of the sharded leaves travel in one vector, so the step adds one
+  all-reduce, not one per leaf; replicated leaves need none.
+  """
+  out = list(sums)
+  local = [i for i, f in enumerate(sharded) if f]
+  if local:
+    total = jax.lax.psum(jnp.stack([sums[i] for i in local]), axis_name)
+    for j, i in enumerate(local):
+      out[i] = total[j]
+  return out
+
+
 def _total(values: Sequence[jax.Array]) -> jax.Array:
   return values[0] if len(values) == 1 else jnp.sum(jnp.stack(values))  # one reduction
 
 
-def _plain_source(u: jax.Array) -> NormSource:
-  """The :data:`NormSource` of an update given as an array."""
+def _leaf_sum(u: jax.Array, lim: _Limit, max_units: jax.Array) -> jax.Array:
+  """``q = Σ min(|u/c|, B)²`` over one leaf (``u`` in the compute dtype).
 
-  def in_units_of_c(inv_c: jax.Array, bound: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return u * inv_c, bound
+  For real ``u`` these are the values of ``|z/c|²`` (``z`` the clamped
+  update), written with operations that XLA:CPU fuses into its reduction
+  kernels (a clip is not one of them: the producer of ``u`` would then be
+  written to memory first). The square comes last: XLA rewrites ``(x·k)²`` as
+  ``x²·k²``, and ``k² = 1/c²`` overflows for ``c < 1e-19``. Complex ``u`` is
+  clamped first: ``inf·(1/c)`` in complex arithmetic is ``inf + NaN·i``.
+  """
+  if jnp.iscomplexobj(u):
+    u = _clamp(u, lim)
+  return jnp.sum(jnp.square(jnp.minimum(jnp.abs(u * lim.inv_c), max_units)))
 
-  return in_units_of_c
+
+# Recomputes some leaves' updates (equal values, another expression for XLA;
+# None for a leaf not recomputed), for the group norms only; see scale_leaves.
+Recompute = Callable[[], Sequence[jax.Array | None]]
 
 
 def scale_leaves(
   leaves: Sequence[jax.Array],
-  speed_limit: jax.typing.ArrayLike,
+  speed_limit: jax.typing.ArrayLike | Sequence[jax.typing.ArrayLike],
   mode: str,
   formula: str,
   axis_name: AxisName | None = None,
-  norm_sources: Sequence[NormSource] | None = None,
+  recompute: Recompute | None = None,
   *,
   return_q: bool = False,
 ) -> list[jax.Array] | tuple[list[jax.Array], list[jax.Array]]:
@@ -188,14 +201,15 @@ def scale_leaves(
     mode: one of :data:`MODES`.
     formula: one of :data:`FORMULAS`.
     axis_name: as in :func:`relativistic_scale`.
-    norm_sources: optional, one :data:`NormSource` per leaf: its update in
-      units of ``c``, equal to ``leaves[i] / c`` up to rounding but computed
-      by another expression, used for the norms only. XLA does not
-      duplicate an expensive producer (Adam's division) for two consumers, so
-      when ``u`` feeds both the norm and the step it writes ``u`` to memory;
-      a separate expression for the norm (``relativistic_adam`` takes it from
-      Adam's moments) leaves ``u`` one consumer, fused into the parameter
-      update.
+    recompute: optional; returns, for each leaf, an array equal to it (the
+      same values, computed again by the same code from inputs behind an
+      ``optimization_barrier``) or ``None``, from which the ``global`` /
+      ``per_param`` norms are taken on CPU only (``jax.lax.platform_dependent``). XLA does
+      not duplicate an expensive producer (Adam's division) for two
+      consumers, so when ``u`` feeds both the norm and the step it writes
+      ``u`` to memory; on XLA:CPU that costs more than computing ``u`` twice
+      (``benchmarks/step_overhead.py``). Other backends take the norms from
+      ``leaves``. Both give the same values.
     return_q: also return each group's ``q = Σ min(|u/c|, 2^40)²`` (one for
       ``global``, one per leaf for ``per_param``; not for ``per_component``),
       from which ``‖u‖ = c·sqrt(q)`` and ``‖v‖ = c·sqrt(q)·f(q)`` follow.
@@ -204,7 +218,7 @@ def scale_leaves(
     The scaled arrays, each of its leaf's dtype (and the list of ``q``).
   """
   if not leaves:
-    return []
+    return ([], []) if return_q else []
   for u in leaves:
     if not jnp.issubdtype(u.dtype, jnp.inexact):
       raise TypeError(f"updates must be floating-point or complex arrays, got dtype {u.dtype}.")
@@ -216,38 +230,49 @@ def scale_leaves(
     limits = [_limit(c, real) for c in speed_limit]
   else:
     limits = [_limit(speed_limit, real)] * len(leaves)
-  z = [_clamp(cast(u, dtype), lim) for u, lim in zip(leaves, limits, strict=True)]
+  wide = [cast(u, dtype) for u in leaves]
+  z = [_clamp(u, lim) for u, lim in zip(wide, limits, strict=True)]
 
   if mode == "per_component":
     if return_q:
       raise ValueError("return_q is not available for mode='per_component'.")
     out = [
-      scale_entries(zi, lim.inv_c, lim.finite_c, formula) for zi, lim in zip(z, limits, strict=True)
+      scale_entries(zi, lim.inv_c, lim.finite_c, formula, _CLAMP)
+      for zi, lim in zip(z, limits, strict=True)
     ]
+    return [cast(v, u.dtype) for u, v in zip(leaves, out, strict=True)]
+
+  max_units = jnp.asarray(_CLAMP, real)
+
+  def sums_of(xs: Sequence[jax.Array]) -> list[jax.Array]:
+    return [_leaf_sum(x, lim, max_units) for x, lim in zip(xs, limits, strict=True)]
+
+  if recompute is None:
+    sums = sums_of(wide)
   else:
-    # min(|u/c|, B)²: the same values as |z/c|², written with operations
-    # that XLA:CPU fuses into its reduction kernels (a clip is not one of
-    # them: the producer of u would then be written to memory first). The
-    # square comes last: XLA rewrites (x·k)² as x²·k², and k² = 1/c²
-    # overflows for c < 1e-19.
-    if norm_sources is None:
-      norm_sources = [_plain_source(cast(u, dtype)) for u in leaves]
-    sums = []
-    units_bound = jnp.asarray(_CLAMP, real)
-    for source, lim in zip(norm_sources, limits, strict=True):
-      t, bound = source(lim.inv_c, units_bound)
-      sums.append(jnp.sum(jnp.square(jnp.minimum(jnp.abs(t), bound))))
-    sharded = _sharded_flags(leaves, axis_name)
-    if mode == "global":
-      qs = [_group_sum(sums, sharded, axis_name)]
-      f = speed_factor(qs[0], formula)
-      out = [zi * f for zi in z]
-    else:
-      qs = [_group_sum([s], [f], axis_name) for s, f in zip(sums, sharded, strict=True)]
-      out = [zi * speed_factor(q, formula) for zi, q in zip(z, qs, strict=True)]
-    if return_q:
-      return [cast(v, u.dtype) for u, v in zip(leaves, out, strict=True)], qs
-  return [cast(v, u.dtype) for u, v in zip(leaves, out, strict=True)]
+    sums = jax.lax.platform_dependent(
+      cpu=lambda: sums_of(
+        [w if x is None else cast(x, dtype) for x, w in zip(recompute(), wide, strict=True)]
+      ),
+      default=lambda: sums_of(wide),
+    )
+  sharded = _sharded_flags(leaves, axis_name)
+  if mode == "global":
+    qs = [_group_sum(sums, sharded, axis_name)]
+    f = speed_factor(qs[0], formula)
+    out = [zi * f for zi in z]
+  else:
+    qs = _leaf_sums_across(sums, sharded, axis_name)
+    out = [zi * speed_factor(q, formula) for zi, q in zip(z, qs, strict=True)]
+  out = [cast(v, u.dtype) for u, v in zip(leaves, out, strict=True)]
+  return (out, qs) if return_q else out
+
+
+def array_leaves(tree: Any) -> tuple[list[Any], Any, list[int]]:
+  """``tree``'s leaves (``None`` and ``optax.MaskedNode`` kept as leaves), its
+  treedef, and the positions of the array leaves among them."""
+  leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: not _is_array_leaf(x))
+  return leaves, treedef, [i for i, x in enumerate(leaves) if _is_array_leaf(x)]
 
 
 def scale_tree(
@@ -256,23 +281,27 @@ def scale_tree(
   mode: str,
   formula: str,
   axis_name: AxisName | None = None,
-  norm_sources: Sequence[NormSource] | None = None,
+  recompute: Recompute | None = None,
 ) -> optax.Updates:
   """:func:`scale_leaves` on the array leaves of a pytree (no validation).
 
-  ``None`` and ``optax.MaskedNode`` leaves pass through; ``norm_sources``, if
-  given, holds one per array leaf, in ``jax.tree.leaves`` order.
+  ``None`` and ``optax.MaskedNode`` leaves pass through; ``recompute``, if
+  given, returns one array per array leaf, in ``jax.tree.leaves`` order.
   """
-  leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: not _is_array_leaf(x))
-  positions = [i for i, x in enumerate(leaves) if _is_array_leaf(x)]
+  leaves, treedef, positions = array_leaves(updates)
   arrays = [jnp.asarray(leaves[i]) for i in positions]
-  for i, v in zip(
-    positions,
-    scale_leaves(arrays, speed_limit, mode, formula, axis_name, norm_sources),
-    strict=True,
-  ):
+  scaled = scale_leaves(arrays, speed_limit, mode, formula, axis_name, recompute)
+  for i, v in zip(positions, scaled, strict=True):
     leaves[i] = v
   return jax.tree.unflatten(treedef, leaves)
+
+
+def check_speed_limit(speed_limit: Any) -> None:
+  """The one rule for a speed limit: a real scalar in [0, inf], or a schedule.
+
+  ``0`` stops the updates (``v = 0``), ``inf`` removes the limit.
+  """
+  check_scalar_or_schedule("speed_limit", speed_limit, lower=0.0, allow_inf=True)
 
 
 def check_mode_and_formula(mode: Any, formula: Any) -> None:
@@ -317,8 +346,9 @@ def relativistic_scale(
   the clipped entries sharing it by their signs. A NaN stays NaN and never
   reaches another group (see ``docs/reliability.md`` for its own group).
   ``lorentz`` and ``tanh`` are differentiable everywhere, including at
-  ``u = 0``. A traced ``c`` below the smallest normal number (0 or negative,
-  e.g. a schedule that starts at 0) gives ``v = 0``.
+  ``u = 0``. ``c = 0`` (for example a schedule that starts at 0), and a
+  traced ``c`` below the smallest normal number, gives ``v = 0``; a finite
+  ``c`` above ``2^126 ≈ 8.5e37`` (float32) acts as ``2^126``.
 
   Differences from relativistic-adam 1.0.0: its formula is ``reference``
   (not continuous, not monotone: an update just under the limit is almost
@@ -329,8 +359,8 @@ def relativistic_scale(
   Args:
     updates: a pytree of floating-point or complex arrays; ``None`` and
       ``optax.MaskedNode`` leaves pass through.
-    speed_limit: the speed limit ``c > 0`` (``inf`` for none), a real scalar;
-      a traced value is not checked.
+    speed_limit: the speed limit ``c >= 0`` (``inf`` for none; ``0`` gives
+      ``v = 0``), a real scalar; a traced value is not checked.
     mode: ``"global"``, ``"per_param"`` or ``"per_component"``.
     formula: ``"lorentz"``, ``"tanh"`` or ``"reference"``.
     axis_name: inside ``shard_map`` / ``pmap``, the axis over which the
@@ -347,7 +377,7 @@ def relativistic_scale(
   Raises:
     TypeError: for a ``speed_limit`` that is not a real scalar, or updates
       that are not floating-point or complex.
-    ValueError: for a concrete ``speed_limit <= 0`` or NaN, or an unknown
+    ValueError: for a concrete ``speed_limit < 0`` or NaN, or an unknown
       ``mode`` or ``formula``.
 
   References:
@@ -363,5 +393,5 @@ def relativistic_scale(
     [2.1213202 2.828427 ]
   """
   check_mode_and_formula(mode, formula)
-  check_scalar("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
+  check_speed_limit(speed_limit)
   return scale_tree(updates, speed_limit, mode, formula, axis_name)

@@ -1,265 +1,268 @@
-"""``relativistic_adam`` and ``relativistic_adamw``: recipes of Optax parts."""
+"""``relativistic_adam`` and ``relativistic_adamw``: chains of Optax parts.
+
+Each recipe is ``optax.chain(*before, speed limit, *after)``, the chain its
+docstring writes out, with one difference in *how* (never in *what*) it
+computes on CPU: :func:`speed_limited_chain`.
+"""
 
 from __future__ import annotations
 
-import typing
-from collections.abc import Callable
-from typing import Any, Literal, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
-from relax_optax._adam_norms import AdamSpec, norm_sources, step_size_correction
 from relax_optax._formulas import Formula
-from relax_optax._groups import AxisName, Mode, check_mode_and_formula
-from relax_optax._relative import (
-  RelativeSpeedLimit,
-  _scale_by_relative_speed_limit,
-  check_relative_speed_limit,
+from relax_optax._groups import (
+  AxisName,
+  Mode,
+  array_leaves,
+  check_mode_and_formula,
+  check_speed_limit,
 )
-from relax_optax._schedules import speed_limit_warmup
-from relax_optax._transform import _scale_by_relativistic
+from relax_optax._pytorch import (
+  BIAS_CORRECTIONS,
+  BiasCorrection,
+  scale_by_adam_step_size_correction,
+)
+from relax_optax._relative import RelativeSpeedLimit, check_relative_speed_limit, relative_limit
+from relax_optax._transform import Limit, limit_transform, scaling_limit
 from relax_optax._validation import (
   check_bool,
   check_choice,
-  check_int,
+  check_decay,
+  check_dtype,
   check_scalar,
   check_scalar_or_schedule,
 )
 
-BiasCorrection = Literal["moments", "step_size"]
 # A fixed speed limit (a scalar or a schedule) or one relative to the run's own norms.
 SpeedLimit = Union[optax.ScalarOrSchedule, RelativeSpeedLimit]  # noqa: UP007 (autodoc alias)
-BIAS_CORRECTIONS: tuple[str, ...] = typing.get_args(BiasCorrection)
+
+# On CPU, leaves from this many entries (128 KiB in float32) recompute their
+# update for the norm, each in a program of its own behind its own barrier;
+# smaller leaves take the norm from the update, as the plain chain does. What
+# writing the update to memory costs grows with the leaf, while recomputing
+# it costs compile time per leaf whatever its size (a second copy of Adam's
+# update in the HLO): below this size compile time wins. A barrier per leaf,
+# not one for all: XLA:CPU runs large reductions in YNNPACK kernels, and when
+# several of them read one scalar (the bias corrections, the learning rate,
+# 1/c) it materialises that scalar's broadcast as a full leaf-sized array,
+# written every step and read by each of them (measured by
+# benchmarks/step_overhead.py: the norms' reduction over 8 leaves 1.3x faster
+# with a barrier each at 256 x 256, 1.55x at 1024 x 1024).
+RECOMPUTE_MIN_SIZE = 2**15
 
 
-def _scale_by_adam_step_size_correction(
-  b1: jax.typing.ArrayLike,
-  b2: jax.typing.ArrayLike,
-  eps: jax.typing.ArrayLike,
-  eps_root: jax.typing.ArrayLike,
-  mu_dtype: Any,
-  amsgrad: bool,
-) -> optax.GradientTransformation:
-  """Adam with the bias correction folded into the step size, as relativistic-adam.
+def _slice(tree: Any, treedef: Any, take: Sequence[int]) -> Any:
+  """The sub-trees of ``tree`` shaped like the updates, cut to the array leaves
+  at ``take`` (a list); everything else (step counts, empty states) as it is."""
 
-  ``sqrt(1 - b2^t) / (1 - b1^t) · m / (sqrt(v + eps_root) + eps)``, with ``v``
-  replaced by its running maximum for AMSGrad: the "efficient version" of
-  Kingma and Ba (2015, end of section 2) and the order of operations of
-  relativistic-adam 1.0.0. It equals ``optax.scale_by_adam`` with ``eps``
-  replaced by ``eps / sqrt(1 - b2^t)`` (larger early in training), and
-  ``optax.scale_by_amsgrad`` with the maximum taken over the raw second moment
-  instead of the bias-corrected one. The state is Optax's
-  ``ScaleByAdamState`` (``ScaleByAmsgradState`` for AMSGrad).
+  def shaped_like_updates(x: Any) -> bool:
+    return array_leaves(x)[1] == treedef
+
+  def cut(x: Any) -> Any:
+    if not shaped_like_updates(x):
+      return x
+    leaves = array_leaves(x)[0]
+    return [leaves[i] for i in take]
+
+  return jax.tree.map(cut, tree, is_leaf=shaped_like_updates)
+
+
+def _recompute(
+  before: Sequence[optax.GradientTransformationExtraArgs],
+  grads: optax.Updates,
+  states: Sequence[optax.OptState],
+  params: optax.Params | None,
+  extra_args: dict[str, Any],
+) -> Callable[[], list[jax.Array | None]] | None:
+  """The updates that ``before`` gives, computed again by the same code, for
+  the leaves of at least :data:`RECOMPUTE_MIN_SIZE` entries (``None`` for the
+  others); ``None`` if there are none.
+
+  Each large leaf's inputs (its gradient, its slices of the states, its
+  parameter) pass through ``jax.lax.optimization_barrier`` first: the values
+  are the same, but XLA cannot merge the two computations (common
+  subexpression elimination), so the norm's reduction computes the update
+  itself instead of reading a copy written to memory.
   """
-  mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
+  leaves, treedef, positions = array_leaves(grads)
+  large = [j for j, i in enumerate(positions) if leaves[i].size >= RECOMPUTE_MIN_SIZE]
+  if not large:
+    return None
 
-  def init_fn(params: optax.Params) -> optax.ScaleByAdamState | optax.ScaleByAmsgradState:
-    count = jnp.zeros([], jnp.int32)
-    mu = optax.tree_utils.tree_zeros_like(params, dtype=mu_dtype)  # m
-    nu = optax.tree_utils.tree_zeros_like(params)  # v
-    if amsgrad:
-      nu_max = optax.tree_utils.tree_zeros_like(params)  # max over steps of v
-      return optax.ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
-    return optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+  def run(inputs: Any) -> list[jax.Array]:
+    g, s, p = jax.lax.optimization_barrier(inputs)
+    for part, state in zip(before, s, strict=True):
+      g, _ = part.update(g, state, p, **extra_args)
+    return [x for x in jax.tree.leaves(g) if x is not None]
 
-  def update_fn(updates, state, params=None):
-    del params
-    # exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1), same for exp_avg_sq.
-    mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
-    nu = optax.tree_utils.tree_update_moment_per_elem_norm(updates, state.nu, b2, 2)
-    count_inc = optax.safe_increment(state.count)
-    if amsgrad:
-      # torch.maximum(max_exp_avg_sq, exp_avg_sq): the raw, uncorrected v.
-      nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
-      denom_nu = nu_max
-    else:
-      denom_nu = nu
-    step_size = step_size_correction(b1, b2, count_inc)
+  def recompute() -> list[jax.Array | None]:
+    out: list[jax.Array | None] = [None] * len(positions)
+    if len(positions) == 1:  # the tree is the leaf: nothing to cut
+      out[0] = run((grads, tuple(states), params))[0]
+      return out
+    for j in large:
+      take = [positions[j]]
+      inputs = (
+        [leaves[i] for i in take],
+        _slice(tuple(states), treedef, take),
+        None if params is None else _slice(params, treedef, take),
+      )
+      out[j] = run(inputs)[0]
+    return out
 
-    def step(m, v):
-      # step_size * (exp_avg / (exp_avg_sq.sqrt() + eps)): eps before correction.
-      direction = m / (jnp.sqrt(v + eps_root) + eps)
-      return (step_size * direction).astype(direction.dtype)
-
-    updates = jax.tree.map(
-      lambda m, v: None if m is None else step(m, v), mu, denom_nu, is_leaf=lambda x: x is None
-    )
-    mu = optax.tree_utils.tree_cast(mu, mu_dtype)
-    if amsgrad:
-      return updates, optax.ScaleByAmsgradState(count=count_inc, mu=mu, nu=nu, nu_max=nu_max)
-    return updates, optax.ScaleByAdamState(count=count_inc, mu=mu, nu=nu)
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return recompute
 
 
-def _check_args(
-  learning_rate,
-  b1,
-  b2,
-  eps,
-  eps_root,
-  weight_decay,
-  speed_limit,
-  mode,
-  formula,
-  amsgrad,
-  adaptive_speed,
-  speed_warmup_steps,
-  nesterov,
-  bias_correction,
-  norms_from_moments,
+def speed_limited_chain(
+  before: Sequence[optax.GradientTransformation],
+  limit: Limit,
+  after: Sequence[optax.GradientTransformation],
+  mode: str,
+) -> optax.GradientTransformationExtraArgs:
+  """``optax.chain(*before, limit, *after)``: the same state and the same values.
+
+  For the ``global`` and ``per_param`` norms, the chain reads the update that
+  ``before`` produces twice, and XLA writes it to memory between the two
+  reads: on XLA:CPU, with leaves of millions of entries, that costs several
+  times Adam's step (``benchmarks/step_overhead.py``). There, and only there
+  (``jax.lax.platform_dependent``), the norms are taken from the update
+  computed a second time by the same parts from the same inputs, so that the
+  update has one reader and fuses into the parameter update. Both ways give
+  the same numbers, to the rounding XLA may differ by between two fusions.
+  """
+  parts = [*before, limit_transform(limit), *after]
+  chain = optax.chain(*parts)
+  if mode == "per_component":  # one pass already: no norm reads the update
+    return chain
+  parts = [optax.with_extra_args_support(p) for p in parts]
+  n = len(before)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if len(state) != len(parts):
+      raise ValueError(f"expected a state of {len(parts)} parts, got {len(state)}.")
+    grads, new_state = updates, []
+    for part, s in zip(parts[:n], state[:n], strict=True):
+      updates, s = part.update(updates, s, params, **extra_args)
+      new_state.append(s)
+    recompute = _recompute(parts[:n], grads, state[:n], params, extra_args)
+    updates, s = limit.update(updates, state[n], recompute)
+    new_state.append(s)
+    for part, s in zip(parts[n + 1 :], state[n + 1 :], strict=True):
+      updates, s = part.update(updates, s, params, **extra_args)
+      new_state.append(s)
+    return updates, tuple(new_state)
+
+  return optax.GradientTransformationExtraArgs(chain.init, update_fn)
+
+
+def _check_adam_args(
+  *,
+  learning_rate: Any,
+  speed_limit: Any,
+  b1: Any,
+  b2: Any,
+  eps: Any,
+  eps_root: Any,
+  mu_dtype: Any,
+  mode: Any,
+  formula: Any,
+  nesterov: Any,
+  amsgrad: Any,
+  bias_correction: Any,
+  weight_decay: Any,
 ) -> None:
-  """Validates the arguments shared by the recipes, each with one rule."""
+  """Validates the arguments the recipes share, each with one rule."""
   check_scalar_or_schedule("learning_rate", learning_rate, lower=0.0)
-  check_scalar("b1", b1, lower=0.0, upper=1.0, upper_open=True)
-  check_scalar("b2", b2, lower=0.0, upper=1.0, upper_open=True)
+  if isinstance(speed_limit, RelativeSpeedLimit):
+    check_relative_speed_limit(speed_limit, mode, formula)
+  else:
+    check_speed_limit(speed_limit)
+  check_decay("b1", b1)
+  check_decay("b2", b2)
   check_scalar("eps", eps, lower=0.0)
   check_scalar("eps_root", eps_root, lower=0.0)
-  check_scalar_or_schedule("weight_decay", weight_decay, lower=0.0)
-  if isinstance(speed_limit, RelativeSpeedLimit):
-    check_relative_speed_limit(speed_limit, mode, formula, adaptive_speed)
-  else:
-    check_scalar_or_schedule("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
+  check_dtype("mu_dtype", mu_dtype)
   check_mode_and_formula(mode, formula)
-  check_bool("amsgrad", amsgrad)
-  check_bool("adaptive_speed", adaptive_speed)
-  check_int("speed_warmup_steps", speed_warmup_steps)
   check_bool("nesterov", nesterov)
+  check_bool("amsgrad", amsgrad)
   check_choice("bias_correction", bias_correction, BIAS_CORRECTIONS)
-  check_bool("norms_from_moments", norms_from_moments)
+  if weight_decay is not None:
+    check_scalar_or_schedule("weight_decay", weight_decay, lower=0.0)
   if amsgrad and nesterov:
     raise ValueError("amsgrad=True and nesterov=True cannot be combined.")
   if bias_correction == "step_size" and nesterov:
     raise ValueError('bias_correction="step_size" and nesterov=True cannot be combined.')
 
 
-def adam_with_speed_limit(
+def _adam_parts(
   learning_rate: optax.ScalarOrSchedule,
-  b1: jax.typing.ArrayLike,
-  b2: jax.typing.ArrayLike,
-  eps: jax.typing.ArrayLike,
-  eps_root: jax.typing.ArrayLike,
+  b1: Any,
+  b2: Any,
+  eps: Any,
+  eps_root: Any,
   mu_dtype: Any,
   nesterov: bool,
   amsgrad: bool,
-  speed_limit: SpeedLimit,
-  mode: str,
-  formula: str,
-  adaptive_speed: bool,
-  speed_warmup_steps: int,
   bias_correction: str,
-  axis_name: AxisName | None,
-  before: list[optax.GradientTransformation],
-  after: list[optax.GradientTransformation],
-  *,
-  norms_from_moments: bool = True,
-) -> optax.GradientTransformation:
-  """``optax.chain(*before, adam, scale_by_learning_rate, speed limit, *after)``.
-
-  With ``norms_from_moments`` (and ``mode`` not ``"per_component"``, which is
-  one pass already) the chain runs with the speed limit's group norms taken
-  from Adam's new moments (``_adam_norms.py``): the same state and the same
-  updates up to float32 rounding of the norms, without writing Adam's update
-  to memory. Tests set it to False to run the plain chain.
-  """
+) -> list[optax.GradientTransformation]:
+  """Adam's step times the learning rate, as two Optax parts."""
   if bias_correction == "step_size":
-    moments = _scale_by_adam_step_size_correction(b1, b2, eps, eps_root, mu_dtype, amsgrad)
-    kind = "step_size"
+    moments = scale_by_adam_step_size_correction(b1, b2, eps, eps_root, mu_dtype, amsgrad)
   elif amsgrad:
     moments = optax.scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype)
-    kind = "amsgrad"
   else:
     moments = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
-    kind = "adam"
-  lr = optax.scale_by_learning_rate(learning_rate)
+  return [moments, optax.scale_by_learning_rate(learning_rate)]
+
+
+def _limit(speed_limit: SpeedLimit, mode: str, formula: str, axis_name: AxisName | None) -> Limit:
   if isinstance(speed_limit, RelativeSpeedLimit):
-    limit = _scale_by_relative_speed_limit(*speed_limit, mode, axis_name)
-  else:
-    c = speed_limit_warmup(speed_limit, speed_warmup_steps) if adaptive_speed else speed_limit
-    limit = _scale_by_relativistic(c, mode, formula, axis_name)
-  parts = [*before, moments, lr, limit, *after]
-  chain = optax.chain(*parts)
-  if mode == "per_component" or not norms_from_moments or mu_dtype is not None:
-    # per_component is one fused pass already; with mu_dtype the state holds
-    # the first moment rounded to it, not the one Adam's step used.
-    return chain
-  spec = AdamSpec(kind, b1, b2, eps, eps_root, nesterov, amsgrad)
-  i_moments = len(before)
-
-  def update_fn(updates, state, params=None):
-    states = list(state)
-    for i, part in enumerate(parts):
-      if i == i_moments:
-        grads = jax.tree.leaves(updates)
-      if i == i_moments + 1:
-        # The factor scale_by_learning_rate applies at this step.
-        scale = -(learning_rate(states[i].count) if callable(learning_rate) else learning_rate)
-      if i == i_moments + 2:
-        sources = norm_sources(spec, grads, states[i_moments], scale)
-        updates, states[i] = part.update(updates, states[i], params, norm_sources=sources)
-      else:
-        updates, states[i] = part.update(updates, states[i], params)
-    return updates, tuple(states)
-
-  return optax.GradientTransformation(chain.init, update_fn)
-
-
-def _is_zero(x: Any) -> bool:
-  """Whether ``x`` is a Python or NumPy zero. JAX arrays count as non-zero: the
-  chain's structure (its state) must not depend on an array's value, which
-  ``optax.inject_hyperparams`` passes concrete to ``init`` and traced to ``update``."""
-  return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and x == 0
+    return relative_limit(*speed_limit, mode, axis_name)
+  return scaling_limit(speed_limit, mode, formula, axis_name)
 
 
 def relativistic_adam(
   learning_rate: optax.ScalarOrSchedule = 1e-3,
+  speed_limit: SpeedLimit = 0.1,
   b1: jax.typing.ArrayLike = 0.9,
   b2: jax.typing.ArrayLike = 0.999,
   eps: jax.typing.ArrayLike = 1e-8,
-  *,
-  speed_limit: SpeedLimit = 0.1,
-  mode: Mode = "per_param",
-  formula: Formula = "lorentz",
-  weight_decay: jax.typing.ArrayLike = 0.0,
-  amsgrad: bool = False,
-  adaptive_speed: bool = False,
-  speed_warmup_steps: int = 1000,
   eps_root: jax.typing.ArrayLike = 0.0,
   mu_dtype: jax.typing.DTypeLike | None = None,
+  *,
+  mode: Mode = "per_param",
+  formula: Formula = "lorentz",
   nesterov: bool = False,
+  amsgrad: bool = False,
+  weight_decay: optax.ScalarOrSchedule | None = None,
   bias_correction: BiasCorrection = "moments",
   axis_name: AxisName | None = None,
-  norms_from_moments: bool = True,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Adam whose update, in parameter units, never exceeds a speed limit ``c``.
 
   The Adam step ``u = -lr · m̂ / (sqrt(v̂) + eps)`` is replaced by
   ``v = u / sqrt(1 + (‖u‖/c)²)`` (``formula="lorentz"``), with ``‖u‖`` taken
-  per leaf, over all leaves or per element (``mode``). It is the recipe::
+  per leaf, over all leaves or per element (``mode``). It is the chain::
 
     optax.chain(
-        optax.add_decayed_weights(weight_decay),   # only if weight_decay != 0
+        optax.add_decayed_weights(weight_decay),   # only if weight_decay is given
         optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
         optax.scale_by_learning_rate(learning_rate),
         relax_optax.scale_by_relativistic(speed_limit, mode=mode, formula=formula),
     )
 
-  with ``optax.scale_by_amsgrad`` for ``amsgrad=True``, the schedule
-  :func:`speed_limit_warmup` as the speed limit for ``adaptive_speed=True``,
-  and, for ``bias_correction="step_size"``, a version of Adam that bias-corrects
-  the step size instead of the moments (as the original does).
-  For ``speed_limit`` much larger than the updates it equals ``optax.adam``.
-
-  For ``mode="global"`` and ``"per_param"`` the group norms are taken from
-  Adam's new moments by an expression equal to the update (see
-  ``norms_from_moments``), so that XLA keeps the step to Adam's passes plus
-  one reduction per leaf (``benchmarks/step_overhead.py``); the state is the
-  chain's, and the updates equal the chain's up to float32 rounding of the
-  norm (with ``formula="reference"``, a norm within rounding of ``c`` can
-  fall on either side of its jump).
+  with ``optax.scale_by_amsgrad`` for ``amsgrad=True``, Adam with the bias
+  correction on the step size for ``bias_correction="step_size"``, and
+  :func:`relax_optax.scale_by_relative_speed_limit` for a
+  :class:`relax_optax.RelativeSpeedLimit`. Same state, same updates: on CPU
+  the ``global`` / ``per_param`` norms are taken from Adam's update computed a
+  second time rather than from a copy written to memory (a faster step with
+  large leaves), which changes no value. For ``speed_limit`` much larger
+  than the updates it equals ``optax.adam``.
 
   Differences from relativistic-adam 1.0.0 (PyTorch), each with the option
   that reproduces the original (see ``docs/migrating_from_pytorch.md``):
@@ -273,51 +276,42 @@ def relativistic_adam(
     folds it into the step size (``bias_correction="step_size"``), so its
     effective ``eps`` is ``eps / sqrt(1 - b2^t)`` (32·eps at step 1 for
     ``b2 = 0.999``, which matters when gradients are within a few orders of
-    magnitude of ``eps``) and its AMSGrad maximum is over the raw ``v``.
+    magnitude of ``eps``) and its AMSGrad maximum is over the raw ``v``;
+  - its ``adaptive_speed=True, speed_warmup_steps=w`` is the schedule
+    ``speed_limit=relax_optax.speed_limit_warmup(c, w)``.
 
   Args:
     learning_rate: a non-negative scalar or an Optax schedule.
-    b1: decay rate of the first moment, in [0, 1).
-    b2: decay rate of the second moment, in [0, 1).
+    speed_limit: the speed limit ``c >= 0`` in parameter units (``inf``: no
+      limit), or an Optax schedule of it (e.g.
+      :func:`relax_optax.speed_limit_warmup`); or a
+      :class:`relax_optax.RelativeSpeedLimit` for a limit ``k`` times the
+      run's own recent update norm (with ``mode`` ``"per_param"`` or
+      ``"global"`` and ``formula="lorentz"``).
+    b1: decay rate of the first moment, in [0, 1) (below 1 in float32).
+    b2: decay rate of the second moment, in [0, 1) (below 1 in float32).
     eps: non-negative term added to the denominator.
-    speed_limit: the speed limit ``c > 0`` in parameter units, or a schedule;
-      or :class:`relax_optax.RelativeSpeedLimit` (``k``, ``decay``,
-      ``warmup_steps``) for a limit ``k`` times the run's own recent update
-      norm (:func:`relax_optax.scale_by_relative_speed_limit` in place of
-      ``scale_by_relativistic``; with ``mode`` ``"per_param"`` or
-      ``"global"``, ``formula="lorentz"``, not ``adaptive_speed``). One
-      argument for the one choice, so that a fixed and a relative limit
-      cannot both be given; the option's fields travel together (and stay
-      static under ``optax.inject_hyperparams``).
-    mode: ``"global"``, ``"per_param"`` (default) or ``"per_component"``.
-    formula: ``"lorentz"`` (default), ``"tanh"`` or ``"reference"``.
-    weight_decay: non-negative coupled L2 coefficient, added to the gradient
-      before the moments (as the original's ``weight_decay``).
-    amsgrad: use AMSGrad's running maximum of the second moment.
-    adaptive_speed: warm the speed limit up as ``c · min(1, t / w)``.
-    speed_warmup_steps: ``w`` for ``adaptive_speed``; ``<= 0`` disables it.
     eps_root: non-negative term added inside the square root.
     mu_dtype: optional dtype of the first moment.
+    mode: ``"global"``, ``"per_param"`` (default) or ``"per_component"``.
+    formula: ``"lorentz"`` (default), ``"tanh"`` or ``"reference"``.
     nesterov: use Nesterov momentum (not with ``amsgrad``).
+    amsgrad: use AMSGrad's running maximum of the second moment.
+    weight_decay: optional non-negative coupled L2 coefficient (or schedule),
+      added to the gradient before the moments (as the original's
+      ``weight_decay``); ``None`` leaves the part out of the chain.
     bias_correction: ``"moments"`` (default, as ``optax.adam``) divides the
-      moments by ``1 - b^t`` before ``eps`` is added and, for AMSGrad, before
-      the running maximum; ``"step_size"`` multiplies the step by
-      ``sqrt(1 - b2^t) / (1 - b1^t)`` instead, so that ``eps`` and the maximum
-      apply to the raw moments, exactly as relativistic-adam 1.0.0 (and
-      ``torch.optim.Adam``'s AMSGrad maximum) does. Use it with
+      moments by ``1 - b^t``; ``"step_size"`` multiplies the step by
+      ``sqrt(1 - b2^t) / (1 - b1^t)`` instead, exactly as relativistic-adam
+      1.0.0 (and ``torch.optim.Adam``'s AMSGrad maximum) does. Use it with
       ``formula="reference"`` to reproduce a PyTorch run (not with
       ``nesterov``).
     axis_name: inside ``shard_map`` / ``pmap`` with parameters sharded over
       this axis, the group norms are summed across it (see
       :func:`relax_optax.relativistic_scale`); ``None`` under plain ``jit``.
-    norms_from_moments: take the ``global`` / ``per_param`` norms from
-      Adam's moments (default) rather than from the update itself: the same
-      state and the same updates up to float32 rounding of the norm, without
-      writing Adam's update to memory (a 2-4x faster step on CPU). ``False``
-      runs the plain ``optax.chain`` of the recipe.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   References:
     Kingma and Ba, 2015, "Adam: A Method for Stochastic Optimization".
@@ -342,135 +336,100 @@ def relativistic_adam(
     13.3436
     13.0222
   """
-  _check_args(
-    learning_rate,
-    b1,
-    b2,
-    eps,
-    eps_root,
-    weight_decay,
-    speed_limit,
-    mode,
-    formula,
-    amsgrad,
-    adaptive_speed,
-    speed_warmup_steps,
-    nesterov,
-    bias_correction,
-    norms_from_moments,
+  _check_adam_args(
+    learning_rate=learning_rate,
+    speed_limit=speed_limit,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    mu_dtype=mu_dtype,
+    mode=mode,
+    formula=formula,
+    nesterov=nesterov,
+    amsgrad=amsgrad,
+    bias_correction=bias_correction,
+    weight_decay=weight_decay,
   )
-  before = [] if _is_zero(weight_decay) else [optax.add_decayed_weights(weight_decay)]
-  return adam_with_speed_limit(
-    learning_rate,
-    b1,
-    b2,
-    eps,
-    eps_root,
-    mu_dtype,
-    nesterov,
-    amsgrad,
-    speed_limit,
-    mode,
-    formula,
-    adaptive_speed,
-    speed_warmup_steps,
-    bias_correction,
-    axis_name,
-    before=before,
-    after=[],
-    norms_from_moments=norms_from_moments,
+  before = [] if weight_decay is None else [optax.add_decayed_weights(weight_decay)]
+  before += _adam_parts(
+    learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad, bias_correction
   )
+  return speed_limited_chain(before, _limit(speed_limit, mode, formula, axis_name), [], mode)
+
+
+def _decay_after_update(
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule,
+  mask: Any | Callable[[optax.Params], Any] | None,
+) -> optax.GradientTransformation:
+  """``(p + v)(1 - lr·wd) - p``: the update that decays the parameters after ``v``."""
+  if callable(learning_rate) or callable(weight_decay):
+
+    def lr_wd(count: jax.Array) -> jax.Array:
+      lr = learning_rate(count) if callable(learning_rate) else learning_rate
+      wd = weight_decay(count) if callable(weight_decay) else weight_decay
+      return lr * wd
+
+    keep = optax.scale_by_schedule(lambda count: 1 - lr_wd(count))
+    decay = optax.add_decayed_weights(lambda count: -lr_wd(count))
+  else:
+    keep = optax.scale(1 - learning_rate * weight_decay)
+    decay = optax.add_decayed_weights(-learning_rate * weight_decay)
+  tx = optax.chain(keep, decay)
+  return tx if mask is None else optax.masked(tx, mask)
 
 
 def relativistic_adamw(
   learning_rate: optax.ScalarOrSchedule = 1e-3,
+  speed_limit: SpeedLimit = 0.1,
   b1: jax.typing.ArrayLike = 0.9,
   b2: jax.typing.ArrayLike = 0.999,
   eps: jax.typing.ArrayLike = 1e-8,
-  *,
-  speed_limit: SpeedLimit = 0.1,
-  mode: Mode = "per_param",
-  formula: Formula = "lorentz",
-  weight_decay: jax.typing.ArrayLike = 1e-2,
-  mask: Any | Callable[[optax.Params], Any] | None = None,
-  amsgrad: bool = False,
-  adaptive_speed: bool = False,
-  speed_warmup_steps: int = 1000,
   eps_root: jax.typing.ArrayLike = 0.0,
   mu_dtype: jax.typing.DTypeLike | None = None,
+  weight_decay: optax.ScalarOrSchedule = 1e-2,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
+  *,
+  mode: Mode = "per_param",
+  formula: Formula = "lorentz",
   nesterov: bool = False,
+  amsgrad: bool = False,
   bias_correction: BiasCorrection = "moments",
   axis_name: AxisName | None = None,
-  norms_from_moments: bool = True,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """:func:`relativistic_adam` with decoupled weight decay after the update.
 
   As relativistic-adam 1.0.0's ``RelativisticAdamW``: the speed-limited step
   ``v`` is applied first, then the parameters are multiplied by
   ``(1 - lr · weight_decay)``, so ``p ← (p + v)(1 - lr·wd)``; the decay is not
-  itself speed-limited. It is the recipe::
+  itself speed-limited. It is the chain::
 
     optax.chain(
         optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
         optax.scale_by_learning_rate(learning_rate),
         relax_optax.scale_by_relativistic(speed_limit, mode=mode, formula=formula),
         optax.masked(optax.chain(                      # (p + v)(1 - lr·wd) - p
-            optax.scale_by_schedule(lambda t: 1 - lr(t) * weight_decay),
-            optax.add_decayed_weights(lambda t: -lr(t) * weight_decay),
+            optax.scale(1 - lr * weight_decay),
+            optax.add_decayed_weights(-lr * weight_decay),
         ), mask),
     )
 
-  Like :func:`relativistic_adam`, it takes the ``"global"`` and
-  ``"per_param"`` norms from Adam's moments (same state, same updates up to
-  rounding).
-
-  This differs from ``optax.adamw``, which decays the parameters *before* the
-  step (``p ← p - lr·(û + wd·p)``): the two differ by ``lr·wd·v`` per step.
+  (with ``optax.scale_by_schedule`` and schedules of ``add_decayed_weights``
+  when ``learning_rate`` or ``weight_decay`` is a schedule). This differs
+  from ``optax.adamw``, which decays the parameters *before* the step
+  (``p ← p - lr·(û + wd·p)``): the two differ by ``lr·wd·v`` per step.
 
   Args:
-    learning_rate: a non-negative scalar or an Optax schedule.
-    b1: decay rate of the first moment, in [0, 1).
-    b2: decay rate of the second moment, in [0, 1).
-    eps: non-negative term added to the denominator.
-    speed_limit: the speed limit ``c > 0`` in parameter units, or a schedule;
-      or :class:`relax_optax.RelativeSpeedLimit` (``k``, ``decay``,
-      ``warmup_steps``) for a limit ``k`` times the run's own recent update
-      norm (:func:`relax_optax.scale_by_relative_speed_limit` in place of
-      ``scale_by_relativistic``; with ``mode`` ``"per_param"`` or
-      ``"global"``, ``formula="lorentz"``, not ``adaptive_speed``). One
-      argument for the one choice, so that a fixed and a relative limit
-      cannot both be given; the option's fields travel together (and stay
-      static under ``optax.inject_hyperparams``).
-    mode: ``"global"``, ``"per_param"`` (default) or ``"per_component"``.
-    formula: ``"lorentz"`` (default), ``"tanh"`` or ``"reference"``.
-    weight_decay: non-negative decoupled decay coefficient.
+    learning_rate, speed_limit, b1, b2, eps, eps_root, mu_dtype, mode,
+      formula, nesterov, amsgrad, bias_correction, axis_name: as in
+      :func:`relativistic_adam`.
+    weight_decay: non-negative decoupled decay coefficient, or a schedule.
     mask: a pytree of booleans (or a function of the params returning one)
       selecting the leaves to decay, as in ``optax.adamw``; ``None`` for all.
-    amsgrad: use AMSGrad's running maximum of the second moment.
-    adaptive_speed: warm the speed limit up as ``c · min(1, t / w)``.
-    speed_warmup_steps: ``w`` for ``adaptive_speed``; ``<= 0`` disables it.
-    eps_root: non-negative term added inside the square root.
-    mu_dtype: optional dtype of the first moment.
-    nesterov: use Nesterov momentum (not with ``amsgrad``).
-    bias_correction: ``"moments"`` (default, as ``optax.adam``) divides the
-      moments by ``1 - b^t`` before ``eps`` is added and, for AMSGrad, before
-      the running maximum; ``"step_size"`` multiplies the step by
-      ``sqrt(1 - b2^t) / (1 - b1^t)`` instead, so that ``eps`` and the maximum
-      apply to the raw moments, exactly as relativistic-adam 1.0.0 (and
-      ``torch.optim.Adam``'s AMSGrad maximum) does. Use it with
-      ``formula="reference"`` to reproduce a PyTorch run (not with
-      ``nesterov``).
-    axis_name: inside ``shard_map`` / ``pmap`` with parameters sharded over
-      this axis, the group norms are summed across it (see
-      :func:`relax_optax.relativistic_scale`); ``None`` under plain ``jit``.
-    norms_from_moments: take the ``global`` / ``per_param`` norms from
-      Adam's moments (default) rather than from the update itself: the same
-      state and the same updates up to float32 rounding of the norm, without
-      writing Adam's update to memory (a 2-4x faster step on CPU). ``False``
-      runs the plain ``optax.chain`` of the recipe.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``.
 
   References:
     Loshchilov and Hutter, 2019, "Decoupled Weight Decay Regularization".
@@ -487,52 +446,25 @@ def relativistic_adamw(
     >>> print(optax.apply_updates(params, updates)["w"])   # (1 + 0)(1 - 0.05)
     [0.95 0.95]
   """
-  _check_args(
-    learning_rate,
-    b1,
-    b2,
-    eps,
-    eps_root,
-    weight_decay,
-    speed_limit,
-    mode,
-    formula,
-    amsgrad,
-    adaptive_speed,
-    speed_warmup_steps,
-    nesterov,
-    bias_correction,
-    norms_from_moments,
+  _check_adam_args(
+    learning_rate=learning_rate,
+    speed_limit=speed_limit,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    mu_dtype=mu_dtype,
+    mode=mode,
+    formula=formula,
+    nesterov=nesterov,
+    amsgrad=amsgrad,
+    bias_correction=bias_correction,
+    weight_decay=weight_decay,
   )
-  after = []
-  if not _is_zero(weight_decay):
-    if callable(learning_rate):
-      keep = optax.scale_by_schedule(lambda t: 1 - learning_rate(t) * weight_decay)
-      decay = optax.add_decayed_weights(lambda t: -learning_rate(t) * weight_decay)
-    else:
-      keep = optax.scale(1 - learning_rate * weight_decay)
-      decay = optax.add_decayed_weights(-learning_rate * weight_decay)
-    decay_after_update = optax.chain(keep, decay)
-    if mask is not None:
-      decay_after_update = optax.masked(decay_after_update, mask)
-    after.append(decay_after_update)
-  return adam_with_speed_limit(
-    learning_rate,
-    b1,
-    b2,
-    eps,
-    eps_root,
-    mu_dtype,
-    nesterov,
-    amsgrad,
-    speed_limit,
-    mode,
-    formula,
-    adaptive_speed,
-    speed_warmup_steps,
-    bias_correction,
-    axis_name,
-    before=[],
-    after=after,
-    norms_from_moments=norms_from_moments,
+  if weight_decay is None:
+    raise TypeError("weight_decay must be a real scalar or a schedule, got None.")
+  before = _adam_parts(
+    learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad, bias_correction
   )
+  after = [_decay_after_update(learning_rate, weight_decay, mask)]
+  return speed_limited_chain(before, _limit(speed_limit, mode, formula, axis_name), after, mode)

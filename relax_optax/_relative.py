@@ -29,10 +29,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from relax_optax._adam_norms import _one_minus_power
 from relax_optax._formulas import speed_factor
-from relax_optax._groups import AxisName, _is_array_leaf, scale_leaves
-from relax_optax._validation import check_choice, check_int, check_scalar
+from relax_optax._groups import AxisName, _is_array_leaf, array_leaves, scale_leaves
+from relax_optax._numerics import one_minus_power
+from relax_optax._transform import Limit, limit_transform
+from relax_optax._validation import check_choice, check_decay, check_int, check_scalar
 
 RELATIVE_MODES: tuple[str, ...] = ("global", "per_param")
 
@@ -77,22 +78,16 @@ class ScaleByRelativeSpeedLimitState(NamedTuple):
 def check_relative_args(k: Any, decay: Any, warmup_steps: Any, mode: Any) -> None:
   """Validates the arguments of the relative limit, each with one rule."""
   check_scalar("k", k, lower=0.0, lower_open=True)
-  check_scalar("decay", decay, lower=0.0, upper=1.0, upper_open=True)
-  check_int("warmup_steps", warmup_steps)
-  if not isinstance(warmup_steps, jax.core.Tracer) and int(warmup_steps) < 0:
-    raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}.")
+  check_decay("decay", decay)
+  check_int("warmup_steps", warmup_steps, lower=0)
   check_choice("mode", mode, RELATIVE_MODES)
 
 
-def check_relative_speed_limit(
-  speed_limit: RelativeSpeedLimit, mode: Any, formula: Any, adaptive_speed: Any
-) -> None:
+def check_relative_speed_limit(speed_limit: RelativeSpeedLimit, mode: Any, formula: Any) -> None:
   """Validates a :class:`RelativeSpeedLimit` given to a recipe, and its company."""
   check_relative_args(speed_limit.k, speed_limit.decay, speed_limit.warmup_steps, mode)
   if formula != "lorentz":
     raise ValueError(f'a RelativeSpeedLimit needs formula="lorentz", got {formula!r}.')
-  if adaptive_speed is True:
-    raise ValueError("a RelativeSpeedLimit has its own warm-up: adaptive_speed must be False.")
 
 
 def scale_by_relative_speed_limit(
@@ -102,7 +97,7 @@ def scale_by_relative_speed_limit(
   warmup_steps: int = 100,
   mode: str = "per_param",
   axis_name: AxisName | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """A speed limit ``k`` times the run's typical update norm: a spike guard.
 
   Each group's update ``u`` (the whole update for ``mode="global"``, each
@@ -141,7 +136,11 @@ def scale_by_relative_speed_limit(
     mean of ``‖v‖²``, with weight ``w_t``, so a spike of any height raises
     the next limit by a factor of at most ``sqrt(1 + w_t·k²)``: 1.02 for
     ``k = 2``, ``β = 0.99`` in a long run (``w_t → 1 - β``), 1.06 at step 41;
-    a run of spikes raises it only geometrically slowly.
+    a run of spikes raises it only geometrically slowly. This holds from a
+    group's second step of data on, during the warm-up too (the statistics
+    always see the norm limited at ``sqrt(1 + k²)·s``). A group's first step
+    of data has nothing to be compared with and sets its scale: a spike
+    there is forgotten as the mean forgets it (its weight falls as ``β^t``).
 
   What passes unchanged: a stream whose norms are all ``n`` settles at
   ``c = k·n`` and each step is scaled by ``1/sqrt(1 + 1/k²)``, a relative
@@ -177,7 +176,7 @@ def scale_by_relative_speed_limit(
       permissive). May be injected with ``optax.inject_hyperparams``.
     decay: ``β`` in [0, 1), the EMA's decay (0.99: a memory of about 100
       steps). May be injected.
-    warmup_steps: steps before the limit applies (``>= 0``).
+    warmup_steps: steps before the limit applies, an integer in [0, 2^31).
     mode: ``"per_param"`` (one limit per leaf, default) or ``"global"`` (one
       for the whole update). ``"per_component"`` is not offered: one
       element's history is too noisy a scale.
@@ -220,9 +219,9 @@ def scale_by_relative_speed_limit(
     0 0.500
     1 0.500
     2 0.500
-    3 0.456
-    4 1.094
-    5 0.474
+    3 0.452
+    4 1.041
+    5 0.471
 
     In a chain, after the learning rate (or as ``relativistic_adam``'s
     ``speed_limit=relax_optax.RelativeSpeedLimit(k=2.0)``):
@@ -234,17 +233,17 @@ def scale_by_relative_speed_limit(
     ... )
   """
   check_relative_args(k, decay, warmup_steps, mode)
-  return _scale_by_relative_speed_limit(k, decay, warmup_steps, mode, axis_name)
+  return limit_transform(relative_limit(k, decay, warmup_steps, mode, axis_name))
 
 
-def _scale_by_relative_speed_limit(
+def relative_limit(
   k: jax.typing.ArrayLike,
   decay: jax.typing.ArrayLike,
-  warmup_steps: int,
+  warmup_steps: jax.typing.ArrayLike,
   mode: str,
   axis_name: AxisName | None,
-) -> optax.GradientTransformation:
-  """:func:`scale_by_relative_speed_limit` without validation (for the recipes)."""
+) -> Limit:
+  """:func:`scale_by_relative_speed_limit` as a :class:`Limit`, without validation."""
 
   non_array = lambda x: not _is_array_leaf(x)  # None, MaskedNode: kept as they are
 
@@ -261,50 +260,57 @@ def _scale_by_relative_speed_limit(
       nu = jax.tree.map(lambda x: zero if _is_array_leaf(x) else x, params, is_leaf=non_array)
     return ScaleByRelativeSpeedLimitState(count=jnp.zeros([], jnp.int32), nu=nu)
 
-  def update_fn(updates, state, params=None, *, norm_sources=None):
-    del params
-    leaves, treedef = jax.tree.flatten(updates, is_leaf=non_array)
-    positions = [i for i, x in enumerate(leaves) if _is_array_leaf(x)]
+  def update_fn(updates, state, recompute=None):
+    leaves, treedef, positions = array_leaves(updates)
     if not positions:
       return updates, state
     arrays = [jnp.asarray(leaves[i]) for i in positions]
     f32, tiny = jnp.float32, jnp.finfo(jnp.float32).tiny
     k_f, decay_f = jnp.asarray(k, f32), jnp.asarray(decay, f32)
     count = optax.safe_int32_increment(state.count)
-    # Shared by every group: c² / s² (k's factor once warm, 2^40 while
-    # measuring) and the newest step's weight in the bias-corrected mean.
-    factor = jnp.where(state.count >= warmup_steps, 1 + k_f * k_f, _MEASURE**2)
-    weight = (1 - decay_f) / _one_minus_power(decay, count.astype(f32))
+    # Shared by every group: (c/s)² once warm, and while measuring; the newest
+    # step's weight in the bias-corrected mean.
+    limit2 = 1 + k_f * k_f
+    factor = jnp.where(state.count >= warmup_steps, limit2, _MEASURE**2)
+    weight = (1 - decay_f) / one_minus_power(decay, count.astype(f32))
     nus = groups(state.nu)
     # A mean below the smallest normal number is no scale (no data yet, or
     # only zeros): the limit measures, with s = 1 parameter unit.
-    cs = [jnp.sqrt(jnp.where(nu >= tiny, nu * factor, _MEASURE**2)) for nu in nus]
+    has_data = [nu >= tiny for nu in nus]
+    cs = [
+      jnp.sqrt(jnp.where(d, nu * factor, _MEASURE**2)) for nu, d in zip(nus, has_data, strict=True)
+    ]
     out, qs = scale_leaves(
       arrays,
       cs[0] if mode == "global" else cs,
       mode,
       "lorentz",
       axis_name,
-      norm_sources,
+      recompute,
       return_q=True,
     )
 
-    def statistic(nu: jax.Array, c: jax.Array, q: jax.Array) -> jax.Array:
+    def statistic(nu: jax.Array, d: jax.Array, c: jax.Array, q: jax.Array) -> jax.Array:
       q = q.astype(f32)
-      # ‖v‖² = (c·f(q))²·q: the limited norm, from the core's q and factor.
-      v2 = jnp.square(c * speed_factor(q, "lorentz")) * q
+      # The statistics see the norm limited at c_k = sqrt(1 + k²)·s, the limit
+      # once warm, also during the warm-up while the step itself is only
+      # measured: a spike then moves the mean as little as after it. Without
+      # data (a group's first step) the measured norm is taken as it is.
+      c_k = jnp.where(d, jnp.sqrt(nu * limit2), c)
+      q_k = q * jnp.square(c / c_k)
+      # ‖v‖² = (c_k·f(q_k))²·q_k: the limited norm, from the core's q and factor.
+      v2 = jnp.square(c_k * speed_factor(q_k, "lorentz")) * q_k
       # NaN q fails the comparison; q >= 2^80 is an infinite or overflowing
       # entry; an overflowing ‖v‖² (‖v‖ > 1.8e19) would poison the mean too.
       finite = (q < _Q_MAX) & jnp.isfinite(v2)
-      w = jnp.where(nu >= tiny, weight, 1)  # a group's first data replaces the 0
+      w = jnp.where(d, weight, 1)  # a group's first data replaces the 0
       return jnp.where(finite, nu + w * (v2 - nu), nu)
 
-    new = [statistic(*g) for g in zip(nus, cs, qs, strict=True)]
+    new = [statistic(*g) for g in zip(nus, has_data, cs, qs, strict=True)]
     if mode == "global":
       nu = new[0]
     else:
-      nu_leaves, nu_def = jax.tree.flatten(state.nu, is_leaf=non_array)
-      slots = [i for i, x in enumerate(nu_leaves) if _is_array_leaf(x)]
+      nu_leaves, nu_def, slots = array_leaves(state.nu)
       for i, v in zip(slots, new, strict=True):
         nu_leaves[i] = v
       nu = jax.tree.unflatten(nu_def, nu_leaves)
@@ -312,4 +318,4 @@ def _scale_by_relative_speed_limit(
       leaves[i] = v
     return jax.tree.unflatten(treedef, leaves), ScaleByRelativeSpeedLimitState(count, nu)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return Limit(init_fn, update_fn)

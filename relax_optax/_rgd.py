@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from relax_optax._groups import MODES, Mode, scale_tree
+from relax_optax._groups import MODES, AxisName, Mode, check_speed_limit, scale_tree
 from relax_optax._validation import check_choice, check_scalar, check_scalar_or_schedule
 
 
@@ -50,7 +50,8 @@ def rgd(
   alpha: float | None = None,
   *,
   mode: Mode = "global",
-) -> optax.GradientTransformation:
+  axis_name: AxisName | None = None,
+) -> optax.GradientTransformationExtraArgs:
   """Relativistic Gradient Descent (RGD): heavy ball with a speed limit.
 
   With ``ε`` the learning rate, ``μ`` the momentum, ``c`` the speed limit and
@@ -115,14 +116,18 @@ def rgd(
       count.
     momentum: ``μ`` in [0, 1): the friction, ``v`` is multiplied by ``μ`` per
       step.
-    speed_limit: ``c > 0`` in parameter units (the paper's ``δ = 1/c²``), or
-      ``inf`` for no limit, or an Optax schedule of the step count.
+    speed_limit: ``c >= 0`` in parameter units (the paper's ``δ = 1/c²``), or
+      ``inf`` for no limit (``0`` stops the parameters), or an Optax schedule
+      of the step count.
     alpha: ``None`` for the simple form; ``α`` in [0, 1] for the leapfrog form.
     mode: the group over which ``‖v‖`` is taken: ``"global"`` (the paper's),
       ``"per_param"`` or ``"per_component"``.
+    axis_name: inside ``shard_map`` / ``pmap`` with parameters sharded over
+      this axis, the norms are summed across it (see
+      :func:`relax_optax.relativistic_scale`); ``None`` under plain ``jit``.
 
   Returns:
-    An ``optax.GradientTransformation`` whose state is a :class:`RGDState`
+    An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`RGDState`
     (simple form) or a :class:`RGDLeapfrogState` (leapfrog form).
 
   Raises:
@@ -155,14 +160,14 @@ def rgd(
   """
   check_scalar_or_schedule("learning_rate", learning_rate, lower=0.0)
   check_scalar("momentum", momentum, lower=0.0, upper=1.0, upper_open=True)
-  check_scalar_or_schedule("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
+  check_speed_limit(speed_limit)
   if alpha is not None:
     check_scalar("alpha", alpha, lower=0.0, upper=1.0)
   check_choice("mode", mode, MODES)
 
   def scale(u: optax.Updates, c: Any) -> optax.Updates:
     # The library's scaling core: u / sqrt(1 + (‖u‖/c)²), per group of `mode`.
-    return scale_tree(u, c, mode, "lorentz")
+    return scale_tree(u, c, mode, "lorentz", axis_name)
 
   def mul(s: Any, tree: optax.Updates) -> optax.Updates:
     return jax.tree.map(lambda t: (s * t).astype(t.dtype), tree)
@@ -172,9 +177,15 @@ def rgd(
     # overflows (or g is infinite) v is ±max, not ±inf, so a later step cannot
     # compute inf − inf = NaN; the step is then c in v's direction either way.
     # Elsewhere the clip is the identity (and NaN stays NaN).
+    def clip(x: jax.Array) -> jax.Array:
+      big = jnp.finfo(x.dtype).max
+      return jnp.minimum(jnp.maximum(x, -big), big)
+
     def one(vi: jax.Array, gi: jax.Array) -> jax.Array:
-      big = jnp.finfo(vi.dtype).max
-      return jnp.clip((vi - eps * gi).astype(vi.dtype), -big, big)
+      x = (vi - eps * gi).astype(vi.dtype)
+      if jnp.iscomplexobj(x):  # each component; the phase is kept below the bound
+        return jax.lax.complex(clip(x.real), clip(x.imag))
+      return clip(x)
 
     return jax.tree.map(one, v, g)
 
@@ -183,14 +194,14 @@ def rgd(
     def init_fn(params: optax.Params) -> RGDState:
       return RGDState(count=jnp.zeros([], jnp.int32), velocity=optax.tree.zeros_like(params))
 
-    def update_fn(updates, state, params=None):
-      del params
+    def update_fn(updates, state, params=None, **extra_args):
+      del params, extra_args
       eps, c = _at(learning_rate, state.count), _at(speed_limit, state.count)
       v = kick(mul(momentum, state.velocity), updates, eps)  # v ← μ·v − ε·g
       step = scale(v, c)  # x ← x + v / sqrt(1 + δ‖v‖²)
       return step, RGDState(count=optax.safe_increment(state.count), velocity=v)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
   def init_fn(params: optax.Params) -> RGDLeapfrogState:
     return RGDLeapfrogState(
@@ -199,7 +210,8 @@ def rgd(
       iterate=jax.tree.map(jnp.array, params),  # a copy: x_0 = params
     )
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
     if params is None:
       raise ValueError("rgd with alpha (the leapfrog form) needs params in update.")
     count = state.count
@@ -223,7 +235,7 @@ def rgd(
     new_updates = jax.tree.map(lambda h, p: (h - p).astype(p.dtype), x_half, params)
     return new_updates, RGDLeapfrogState(count=count_next, velocity=v, iterate=x)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def rgd_eval_params(state: optax.OptState, params: optax.Params) -> optax.Params:

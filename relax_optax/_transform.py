@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -9,8 +10,13 @@ import jax.numpy as jnp
 import optax
 
 from relax_optax._formulas import Formula
-from relax_optax._groups import AxisName, Mode, check_mode_and_formula, scale_tree
-from relax_optax._validation import check_scalar_or_schedule
+from relax_optax._groups import (
+  AxisName,
+  Mode,
+  check_mode_and_formula,
+  check_speed_limit,
+  scale_tree,
+)
 
 
 class ScaleByRelativisticState(NamedTuple):
@@ -25,7 +31,7 @@ def scale_by_relativistic(
   mode: Mode = "per_param",
   formula: Formula = "lorentz",
   axis_name: AxisName | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Limits the speed of updates: ``v = u · f((‖u‖/c)²)``, ``‖v‖ < c``.
 
   Applies :func:`relax_optax.relativistic_scale` to the incoming updates. Place
@@ -39,8 +45,7 @@ def scale_by_relativistic(
         relax_optax.scale_by_relativistic(0.1, mode="per_param"),
     )
 
-  which computes what :func:`relax_optax.relativistic_adam` computes (up to
-  float32 rounding). With the default ``formula="lorentz"``,
+  which is :func:`relax_optax.relativistic_adam`. With the default ``formula="lorentz"``,
   ``v = u / sqrt(1 + (‖u‖/c)²)``: updates much smaller than ``c`` pass almost
   unchanged (relative change at most ``(‖u‖/c)²/2``), large ones saturate
   smoothly at ``c``.
@@ -48,14 +53,15 @@ def scale_by_relativistic(
   Cost: for ``"global"`` and ``"per_param"`` the update is read twice (for
   the norm, then for the step), so after a producer such as Adam's division
   XLA writes it to memory: on CPU such a chain's step costs several times
-  ``optax.adam``'s at 1e7 parameters. :func:`relax_optax.relativistic_adam`
-  takes the norm from Adam's moments instead and avoids that
+  ``optax.adam``'s when the leaves are large (millions of entries).
+  :func:`relax_optax.relativistic_adam` computes the same chain and, on CPU
+  only, recomputes Adam's update for the norm instead
   (``benchmarks/step_overhead.py``). ``"per_component"`` is one fused pass.
 
   Args:
-    speed_limit: the speed limit ``c > 0`` (parameter units; ``inf`` for
-      none), or an Optax schedule of the step count giving it (then the state
-      counts steps).
+    speed_limit: the speed limit ``c >= 0`` (parameter units; ``inf`` for
+      none, ``0`` stops every update), or an Optax schedule of the step count
+      giving it (then the state counts steps).
     mode: the group over which ``‖u‖`` is taken: ``"global"`` (all updates
       together), ``"per_param"`` (each leaf) or ``"per_component"`` (each
       element).
@@ -66,7 +72,7 @@ def scale_by_relativistic(
       :func:`relax_optax.relativistic_scale`); ``None`` under plain ``jit``.
 
   Returns:
-    An ``optax.GradientTransformation``. Its state is ``optax.EmptyState()``
+    An ``optax.GradientTransformationExtraArgs``. Its state is ``optax.EmptyState()``
     for a constant speed limit and a :class:`ScaleByRelativisticState` step
     count for a schedule.
 
@@ -89,17 +95,35 @@ def scale_by_relativistic(
     True
   """
   check_mode_and_formula(mode, formula)
-  check_scalar_or_schedule("speed_limit", speed_limit, lower=0.0, lower_open=True, allow_inf=True)
-  return _scale_by_relativistic(speed_limit, mode, formula, axis_name)
+  check_speed_limit(speed_limit)
+  return limit_transform(scaling_limit(speed_limit, mode, formula, axis_name))
 
 
-def _scale_by_relativistic(
+class Limit(NamedTuple):
+  """A speed limit as the recipes use it: ``init`` and an ``update`` that may be
+  given a :data:`~relax_optax._groups.Recompute` of the incoming updates."""
+
+  init: Callable[[optax.Params], optax.OptState]
+  update: Callable[..., tuple[optax.Updates, optax.OptState]]  # (updates, state, recompute)
+
+
+def limit_transform(limit: Limit) -> optax.GradientTransformationExtraArgs:
+  """The public transformation of a :class:`Limit` (extra arguments are ignored)."""
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    return limit.update(updates, state, None)
+
+  return optax.GradientTransformationExtraArgs(limit.init, update_fn)
+
+
+def scaling_limit(
   speed_limit: optax.ScalarOrSchedule,
   mode: str,
   formula: str,
   axis_name: AxisName | None,
-) -> optax.GradientTransformation:
-  """:func:`scale_by_relativistic` without validation (for the recipes)."""
+) -> Limit:
+  """:func:`scale_by_relativistic` as a :class:`Limit`, without validation."""
 
   def init_fn(params: optax.Params) -> ScaleByRelativisticState | optax.EmptyState:
     del params
@@ -107,14 +131,12 @@ def _scale_by_relativistic(
       return ScaleByRelativisticState(count=jnp.zeros([], jnp.int32))
     return optax.EmptyState()
 
-  def update_fn(updates, state, params=None, *, norm_sources=None):
-    del params
+  def update_fn(updates, state, recompute=None):
     if callable(speed_limit):
       c = speed_limit(state.count)
       state = ScaleByRelativisticState(count=optax.safe_int32_increment(state.count))
     else:
       c = speed_limit
-    updates = scale_tree(updates, c, mode, formula, axis_name, norm_sources)
-    return updates, state
+    return scale_tree(updates, c, mode, formula, axis_name, recompute), state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return Limit(init_fn, update_fn)

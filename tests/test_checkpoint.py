@@ -5,7 +5,7 @@ saved with ``orbax.checkpoint.StandardCheckpointer``; a *fresh process*
 (``python tests/test_checkpoint.py resume …``) restores them into the abstract
 state of a newly built optimizer (``jax.eval_shape(tx.init, params)``),
 trains to step ``T`` and saves the result, which must equal the uninterrupted
-run bit for bit. The optimizers include the ``adaptive_speed`` warm-up (its
+run bit for bit. The optimizers include the ``speed_limit_warmup`` schedule (its
 step count crosses ``K``), ``optax.MultiSteps`` (``K`` falls inside an
 accumulation), ``optax.inject_hyperparams`` with a schedule, bfloat16
 parameters and ``optax.apply_if_finite`` around a skipped NaN step.
@@ -37,19 +37,17 @@ NAN_STEP = 6  # for "apply-if-finite": the batch at this step is bad
 
 def _adam_warmup() -> optax.GradientTransformation:
   return relax_optax.relativistic_adam(
-    0.05, speed_limit=0.02, mode="global", adaptive_speed=True, speed_warmup_steps=7
+    0.05, speed_limit=relax_optax.speed_limit_warmup(0.02, 7), mode="global"
   )
 
 
 def _multi_steps() -> optax.GradientTransformation:
   inner = relax_optax.relativistic_adamw(
     0.05,
-    speed_limit=0.02,
+    speed_limit=relax_optax.speed_limit_warmup(0.02, 5),
     mode="per_component",
     formula="tanh",
     weight_decay=1e-2,
-    adaptive_speed=True,
-    speed_warmup_steps=5,
   )
   return optax.MultiSteps(inner, every_k_schedule=3)  # K = 4: mid-accumulation
 
@@ -57,13 +55,11 @@ def _multi_steps() -> optax.GradientTransformation:
 def _inject_hyperparams() -> optax.GradientTransformation:
   return optax.inject_hyperparams(
     relax_optax.relativistic_adam,
-    static_args=("mode", "formula", "adaptive_speed", "speed_warmup_steps"),
+    static_args=("mode", "formula"),
   )(
     learning_rate=optax.cosine_decay_schedule(0.1, T),
-    speed_limit=0.03,
+    speed_limit=relax_optax.speed_limit_warmup(0.03, 6),
     mode="per_param",
-    adaptive_speed=True,
-    speed_warmup_steps=6,
   )
 
 

@@ -81,14 +81,17 @@ def to_relax_optax(optimizer: str, kwargs: dict, **overrides) -> optax.GradientT
     b1=b1,
     b2=b2,
     eps=kw["eps"],
-    speed_limit=kw["speed_limit"],
+    # adaptive_speed=True, speed_warmup_steps=w is the schedule speed_limit_warmup(c, w).
+    speed_limit=(
+      relax_optax.speed_limit_warmup(kw["speed_limit"], kw["speed_warmup_steps"])
+      if kw["adaptive_speed"]
+      else kw["speed_limit"]
+    ),
     # The original's "global" is per tensor.
     mode="per_param" if mode == "global" else mode,
     formula="reference",
     weight_decay=kw["weight_decay"],
     amsgrad=kw["amsgrad"],
-    adaptive_speed=kw["adaptive_speed"],
-    speed_warmup_steps=kw["speed_warmup_steps"],
     bias_correction="step_size",
   )
   return make(**{**args, **overrides})
@@ -245,7 +248,7 @@ def test_step_size_bias_correction_first_step():
   """Step 1: ``lr·sqrt(1 - b2)/(1 - b1) · m/(sqrt(v) + eps)``, written out."""
   lr, b1, b2, eps, g = 0.1, 0.9, 0.999, 1e-3, 0.02
   tx = relax_optax.relativistic_adam(
-    lr, b1, b2, eps, speed_limit=1e9, formula="reference", bias_correction="step_size"
+    lr, 1e9, b1, b2, eps, formula="reference", bias_correction="step_size"
   )
   params = jnp.zeros(1)
   updates, _ = jax.jit(tx.update)(jnp.full(1, g), tx.init(params), params)

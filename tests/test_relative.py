@@ -57,8 +57,12 @@ class Reference:
         continue
       factor = 1 / np.sqrt(1 + (n / c[g]) ** 2)
       out.append([a * factor for a in arrays])
-      w = weight if self.nu[g] >= np.finfo(np.float32).tiny else 1.0
-      self.nu[g] += w * ((n * factor) ** 2 - self.nu[g])
+      known = self.nu[g] >= np.finfo(np.float32).tiny
+      # The statistics see the norm limited at sqrt(1 + k²)·s, during the warm-up too.
+      c_k = np.sqrt(self.nu[g] * (1 + self.k**2)) if known else c[g]
+      limited = n / np.sqrt(1 + (n / c_k) ** 2)
+      w = weight if known else 1.0
+      self.nu[g] += w * (limited**2 - self.nu[g])
     return out
 
 
@@ -488,7 +492,7 @@ def test_recipe_option_equals_the_chain(mode, recipe):
   kwargs = {"speed_limit": limit, "mode": mode}
   if recipe == "adamw":
     kwargs["weight_decay"] = 0.0  # the decay is the plain recipe's business
-  fast, plain = fn(0.1, **kwargs), fn(0.1, norms_from_moments=False, **kwargs)
+  recipe = fn(0.1, **kwargs)
   chain = optax.chain(
     optax.scale_by_adam(),
     optax.scale_by_learning_rate(0.1),
@@ -496,17 +500,16 @@ def test_recipe_option_equals_the_chain(mode, recipe):
   )
   rng = np.random.default_rng(16)
   params = _tree(rng)
-  states = [tx.init(params) for tx in (fast, plain, chain)]
+  states = [tx.init(params) for tx in (recipe, chain)]
   for t, g in enumerate(_stream(rng, 12, params)):
     if t == 7:
       g = jax.tree.map(lambda x: x * 1e5, g)
     outs = []
-    for i, tx in enumerate((fast, plain, chain)):
+    for i, tx in enumerate((recipe, chain)):
       v, states[i] = jax.jit(tx.update)(g, states[i], params)
       outs.append(v)
-    chex.assert_trees_all_close(outs[0], outs[2], rtol=2e-5, atol=1e-8)
-    chex.assert_trees_all_close(outs[1], outs[2], rtol=1e-6, atol=1e-9)
-  chex.assert_trees_all_close(states[0][-1], states[2][-1], rtol=2e-5)
+    chex.assert_trees_all_close(outs[0], outs[1], rtol=1e-6, atol=1e-9)
+  chex.assert_trees_all_close(states[0][2], states[1][2], rtol=1e-6)
 
 
 def test_recipe_adamw_with_decay_runs():
@@ -534,7 +537,7 @@ def test_bad_hyperparameters_raise_at_construction():
   for bad in (1.0, -0.1, 1.5, float("nan")):
     with pytest.raises(ValueError, match="decay must be"):
       make(2.0, decay=bad)
-  with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+  with pytest.raises(ValueError, match=r"warmup_steps must be an integer in \[0, 2147483647\]"):
     make(2.0, warmup_steps=-1)
   for bad in (1.5, True, "10"):
     with pytest.raises(TypeError, match="warmup_steps must be an integer"):
@@ -552,8 +555,6 @@ def test_bad_hyperparameters_raise_at_construction():
     adam(speed_limit=relax_optax.RelativeSpeedLimit(), mode="per_component")
   with pytest.raises(ValueError, match="lorentz"):
     relax_optax.relativistic_adamw(speed_limit=relax_optax.RelativeSpeedLimit(), formula="tanh")
-  with pytest.raises(ValueError, match="adaptive_speed"):
-    adam(speed_limit=relax_optax.RelativeSpeedLimit(), adaptive_speed=True)
 
 
 def test_traced_hyperparameters_are_not_validated():

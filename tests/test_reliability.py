@@ -233,7 +233,7 @@ def test_apply_if_finite_skips_a_bad_step_exactly(mode, bad_value):
   # A warm-up schedule and Adam's count: neither may advance on the skipped step.
   tx = optax.apply_if_finite(
     relax_optax.relativistic_adam(
-      0.1, speed_limit=0.05, mode=mode, adaptive_speed=True, speed_warmup_steps=4
+      0.1, speed_limit=relax_optax.speed_limit_warmup(0.05, 4), mode=mode
     ),
     max_consecutive_errors=3,
   )
@@ -439,7 +439,9 @@ def test_arbitrary_pytrees_through_every_mode(tree, mode, formula, c, which_tx):
 )
 @pytest.mark.parametrize("wrapper", ["none", "multi_steps", "apply_if_finite"])
 def test_mismatched_updates_and_state_raise_a_clear_error(bad, wrapper):
-  tx = relax_optax.relativistic_adam(mode="global", adaptive_speed=True)
+  tx = relax_optax.relativistic_adam(
+    speed_limit=relax_optax.speed_limit_warmup(0.1, 1000), mode="global"
+  )
   if wrapper == "multi_steps":
     tx = optax.MultiSteps(tx, every_k_schedule=2)
   elif wrapper == "apply_if_finite":

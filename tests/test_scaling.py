@@ -273,15 +273,14 @@ def test_invalid_arguments_raise_value_errors():
   with pytest.raises(ValueError, match=r"formula must be one of .*lorentz"):
     relax_optax.relativistic_scale(u, 1.0, formula="sigmoid")
   for bad in (
-    0.0,
     -1.0,
     float("nan"),
     -float("inf"),
     jnp.array(-0.1),
     jnp.array(jnp.nan),
-    np.float32(0.0),
+    np.float32(-1e-30),
   ):
-    with pytest.raises(ValueError, match=r"speed_limit must be a number in \(0, inf\]"):
+    with pytest.raises(ValueError, match=r"speed_limit must be a number in \[0, inf\]"):
       relax_optax.relativistic_scale(u, bad)
   for bad in (None, "1.0", [1.0], True, jnp.ones(2), 1j):
     with pytest.raises(TypeError, match="speed_limit"):
