@@ -66,19 +66,23 @@ def _limit(speed_limit: jax.typing.ArrayLike, dtype: Any) -> _Limit:
   A ``c`` below the smallest normal number (0, negative or subnormal: a
   traced, injected or scheduled value) gives ``bound = 0`` and so ``v = 0``
   (``1/c`` is then 1, so that the norm stays finite); a NaN ``c`` gives NaN.
-  ``c = inf`` gives ``1/c = 0``: no limit. A finite ``c`` above ``1/tiny``
-  (2^126 ≈ 8.5e37 in float32) is applied as ``1/tiny``: its reciprocal would
-  be subnormal, which XLA:CPU flushes to 0, and the limit would vanish; a
+  ``c = inf`` gives ``1/c = 0``: no limit. A finite ``c`` above ``2^(m-41)``
+  (``m`` the dtype's largest exponent: 2^87 ≈ 1.5e26 in float32) is applied
+  as that number, so that the clamp bound ``B·c`` stays finite and ``1/c``
+  normal (XLA:CPU flushes subnormals to 0, and the limit would vanish); a
   Python ``c`` beyond the dtype's largest number is capped the same way,
-  not rounded to ``inf``.
+  not rounded to ``inf``. Updates are never that large in practice; the
+  bound ``‖v‖ <= c`` holds either way.
   """
   info = jnp.finfo(dtype)
-  cap = 1 / float(info.tiny)  # a power of two: its reciprocal is tiny, exactly
+  cap = 2.0 ** (info.maxexp - 41)  # B·cap = 2^(m-1) < max, and 1/cap is normal
   if isinstance(speed_limit, (int, float)):
     x = float(speed_limit)
     c = jnp.asarray(x if x == math.inf or math.isnan(x) else min(x, cap), dtype)
   else:
     c = jnp.asarray(speed_limit)
+    if not jnp.issubdtype(c.dtype, jnp.floating):
+      c = c.astype(dtype)
     c = jax.lax.select(c == math.inf, c, jnp.minimum(c, jnp.asarray(cap, c.dtype)))
     c = cast(c, dtype)
   zero = c < info.tiny
@@ -162,7 +166,7 @@ def _total(values: Sequence[jax.Array]) -> jax.Array:
   return values[0] if len(values) == 1 else jnp.sum(jnp.stack(values))  # one reduction
 
 
-def _leaf_sum(u: jax.Array, lim: _Limit, max_units: jax.Array) -> jax.Array:
+def _leaf_sum(u: jax.Array, lim: _Limit) -> jax.Array:
   """``q = Σ min(|u/c|, B)²`` over one leaf (``u`` in the compute dtype).
 
   For real ``u`` these are the values of ``|z/c|²`` (``z`` the clamped
@@ -174,7 +178,7 @@ def _leaf_sum(u: jax.Array, lim: _Limit, max_units: jax.Array) -> jax.Array:
   """
   if jnp.iscomplexobj(u):
     u = _clamp(u, lim)
-  return jnp.sum(jnp.square(jnp.minimum(jnp.abs(u * lim.inv_c), max_units)))
+  return jnp.sum(jnp.square(jnp.minimum(jnp.abs(u * lim.inv_c), _CLAMP)))
 
 
 # Recomputes some leaves' updates (equal values, another expression for XLA;
@@ -242,10 +246,8 @@ def scale_leaves(
     ]
     return [cast(v, u.dtype) for u, v in zip(leaves, out, strict=True)]
 
-  max_units = jnp.asarray(_CLAMP, real)
-
   def sums_of(xs: Sequence[jax.Array]) -> list[jax.Array]:
-    return [_leaf_sum(x, lim, max_units) for x, lim in zip(xs, limits, strict=True)]
+    return [_leaf_sum(x, lim) for x, lim in zip(xs, limits, strict=True)]
 
   if recompute is None:
     sums = sums_of(wide)
@@ -348,7 +350,7 @@ def relativistic_scale(
   ``lorentz`` and ``tanh`` are differentiable everywhere, including at
   ``u = 0``. ``c = 0`` (for example a schedule that starts at 0), and a
   traced ``c`` below the smallest normal number, gives ``v = 0``; a finite
-  ``c`` above ``2^126 ≈ 8.5e37`` (float32) acts as ``2^126``.
+  ``c`` above ``2^87 ≈ 1.5e26`` (float32) acts as ``2^87``.
 
   Differences from relativistic-adam 1.0.0: its formula is ``reference``
   (not continuous, not monotone: an update just under the limit is almost
