@@ -83,7 +83,8 @@ def _limit(speed_limit: jax.typing.ArrayLike, dtype: Any) -> _Limit:
     c = jnp.asarray(speed_limit)
     if not jnp.issubdtype(c.dtype, jnp.floating):
       c = c.astype(dtype)
-    c = jax.lax.select(c == math.inf, c, jnp.minimum(c, jnp.asarray(cap, c.dtype)))
+    cap_c = min(cap, float(jnp.finfo(c.dtype).max))  # float16's is 65504
+    c = jax.lax.select(c == math.inf, c, jnp.minimum(c, jnp.asarray(cap_c, c.dtype)))
     c = cast(c, dtype)
   zero = c < info.tiny
   inv_c = 1 / jax.lax.select(zero, jnp.ones_like(c), c)
