@@ -690,6 +690,23 @@ def rgd_nn() -> Table:
   return header, rows
 
 
+# ----------------------------------------------------------------------------- examples
+
+
+def transformer_example() -> Table:
+  """examples/transformer.py's committed run: validation loss per optimizer and LR."""
+  d = json.loads((ROOT / "docs" / "examples" / "transformer" / "results.json").read_text())
+  lrs = list(d["results"])
+  header = ["optimizer", *lrs]
+  names = list(d["results"][lrs[0]])
+  rows = [
+    [f"``{n}``" if n != "adamw + update clip" else "``adamw`` + ``clip_by_global_norm(c)``"]
+    + [_loss(d["results"][lr][n]["val_loss"]) for lr in lrs]
+    for n in names
+  ]
+  return header, rows
+
+
 TABLES: dict[str, Callable[..., Table]] = {
   f.__name__: f
   for f in [
@@ -715,6 +732,7 @@ TABLES: dict[str, Callable[..., Table]] = {
     lm_sizes_short,
     spike_guard,
     rgd_nn,
+    transformer_example,
   ]
 }
 
