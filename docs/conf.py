@@ -64,8 +64,7 @@ autodoc_type_aliases = {
 }
 # The core's own aliases link to their entries on the API page.
 autodoc_type_aliases |= {
-  name: f"relax_optax.{name}"
-  for name in ["Mode", "Formula", "BiasCorrection", "SpeedLimit", "AxisName"]
+  name: f"relax_optax.{name}" for name in ["Mode", "Formula", "BiasCorrection", "SpeedLimit"]
 }
 # Signatures one parameter per line, as Optax's reference shows them.
 maximum_signature_line_length = 68

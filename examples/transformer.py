@@ -117,7 +117,7 @@ class Transformer(nnx.Module):
     self.head = nnx.Linear(cfg.width, 256, use_bias=False, rngs=rngs)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
-    x = self.embed(tokens) + self.position[: tokens.shape[-1]]
+    x = self.embed(tokens) + self.position[None, : tokens.shape[-1]]
     mask = nnx.make_causal_mask(tokens)
     for block in self.blocks:
       x = block(x, mask)

@@ -19,5 +19,5 @@ def test_transformer_example_trains_every_optimizer(tmp_path):
     for r in runs.values():
       assert len(r["train_loss"]) == 4
       assert math.isfinite(r["val_loss"])
-      assert r["train_loss"][0] == pytest.approx(math.log(256), rel=0.1)  # uniform over bytes
+      assert 0.5 * math.log(256) < r["train_loss"][0] < 2 * math.log(256)  # ~ uniform bytes
   assert (tmp_path / "results.json").exists()
