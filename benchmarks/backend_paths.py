@@ -2,7 +2,7 @@
 
 ``relativistic_adam`` is ``optax.chain(scale_by_adam, scale_by_learning_rate,
 scale_by_relativistic)``. On CPU only (``jax.lax.platform_dependent``), for
-leaves of at least 2^15 entries, it takes the ``global`` / ``per_param`` norm
+leaves of at least 200,000 entries, it takes the ``global`` / ``per_param`` norm
 from Adam's update computed a second time behind an ``optimization_barrier``
 instead of from a copy written to memory. This script shows, on the backend
 it runs on (CPU, GPU, TPU):

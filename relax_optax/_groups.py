@@ -168,6 +168,10 @@ def _total(values: Sequence[jax.Array]) -> jax.Array:
 
 
 def _leaf_sum(u: jax.Array, lim: _Limit) -> jax.Array:
+  return leaf_sum(u, lim, lim.inv_c, _CLAMP)
+
+
+def leaf_sum(u: jax.Array, lim: _Limit, inv_c: jax.Array, max_units: Any) -> jax.Array:
   """``q = Σ min(|u/c|, B)²`` over one leaf (``u`` in the compute dtype).
 
   For real ``u`` these are the values of ``|z/c|²`` (``z`` the clamped
@@ -176,15 +180,17 @@ def _leaf_sum(u: jax.Array, lim: _Limit) -> jax.Array:
   written to memory first). The square comes last: XLA rewrites ``(x·k)²`` as
   ``x²·k²``, and ``k² = 1/c²`` overflows for ``c < 1e-19``. Complex ``u`` is
   clamped first: ``inf·(1/c)`` in complex arithmetic is ``inf + NaN·i``.
+  ``inv_c`` and ``max_units`` are ``lim.inv_c`` and ``B``, or the same values
+  passed through an ``optimization_barrier`` (see ``_recipes._recompute``).
   """
   if jnp.iscomplexobj(u):
     u = _clamp(u, lim)
-  return jnp.sum(jnp.square(jnp.minimum(jnp.abs(u * lim.inv_c), _CLAMP)))
+  return jnp.sum(jnp.square(jnp.minimum(jnp.abs(u * inv_c), max_units)))
 
 
-# Recomputes some leaves' updates (equal values, another expression for XLA;
-# None for a leaf not recomputed), for the group norms only; see scale_leaves.
-Recompute = Callable[[], Sequence[jax.Array | None]]
+# Given each leaf's limit, recomputes some leaves' sums q (equal values, from
+# another expression for XLA; None for a leaf not recomputed); see scale_leaves.
+Recompute = Callable[[Sequence[_Limit]], Sequence[jax.Array | None]]
 
 
 def scale_leaves(
@@ -206,10 +212,11 @@ def scale_leaves(
     mode: one of :data:`MODES`.
     formula: one of :data:`FORMULAS`.
     axis_name: as in :func:`relativistic_scale`.
-    recompute: optional; returns, for each leaf, an array equal to it (the
-      same values, computed again by the same code from inputs behind an
-      ``optimization_barrier``) or ``None``, from which the ``global`` /
-      ``per_param`` norms are taken on CPU only (``jax.lax.platform_dependent``). XLA does
+    recompute: optional; given the leaves' limits, returns for each leaf its
+      sum ``q`` (:func:`leaf_sum`) taken from the leaf computed again, by the
+      same expressions from inputs behind an ``optimization_barrier``, or
+      ``None``: the ``global`` / ``per_param`` norms are taken from these on
+      CPU only (``jax.lax.platform_dependent``). XLA does
       not duplicate an expensive producer (Adam's division) for two
       consumers, so when ``u`` feeds both the norm and the step it writes
       ``u`` to memory; on XLA:CPU that costs more than computing ``u`` twice
@@ -254,9 +261,9 @@ def scale_leaves(
     sums = sums_of(wide)
   else:
     sums = jax.lax.platform_dependent(
-      cpu=lambda: sums_of(
-        [w if x is None else cast(x, dtype) for x, w in zip(recompute(), wide, strict=True)]
-      ),
+      cpu=lambda: [
+        s if r is None else r for r, s in zip(recompute(limits), sums_of(wide), strict=True)
+      ],
       default=lambda: sums_of(wide),
     )
   sharded = _sharded_flags(leaves, axis_name)

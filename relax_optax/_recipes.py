@@ -18,9 +18,12 @@ from relax_optax._formulas import Formula
 from relax_optax._groups import (
   AxisName,
   Mode,
+  Recompute,
   array_leaves,
+  cast,
   check_mode_and_formula,
   check_speed_limit,
+  leaf_sum,
 )
 from relax_optax._pytorch import (
   BIAS_CORRECTIONS,
@@ -43,23 +46,19 @@ from relax_optax._validation import (
 # A fixed speed limit (a scalar or a schedule) or one relative to the run's own norms.
 SpeedLimit = Union[optax.ScalarOrSchedule, RelativeSpeedLimit]  # noqa: UP007 (autodoc alias)
 
-# On CPU, leaves from this many entries (128 KiB in float32) recompute Adam's
-# update for the norm, each behind a barrier of its own; smaller leaves take
-# the norm from the update, as the plain chain does. What writing the update
-# to memory costs grows with the leaf, while recomputing it costs compile time
-# per leaf whatever its size (a second copy of Adam's last step in the HLO):
-# below this size compile time wins. A barrier per leaf, not one for all:
-# XLA:CPU runs large reductions in YNNPACK kernels, and when several of them
-# read one scalar (the bias corrections, the learning rate, 1/c) it
-# materialises that scalar's broadcast as a full leaf-sized array, written
-# every step and read by each of them (benchmarks/step_overhead.py, "shared
-# scalars": the norms' reduction over 8 leaves 1.3x faster with a barrier each
-# at 256 x 256, 1.55x at 1024 x 1024).
-RECOMPUTE_MIN_SIZE = 2**15
+# On CPU, leaves from this many entries recompute Adam's update for the norm;
+# smaller leaves take the norm from the update, as the plain chain does.
+# Measured by benchmarks/backend_paths.py (1e7 parameters, mode="global", one
+# core): in leaves of 2.5e6, 6.3e5 and 2.5e5 entries the chain's step costs
+# 4.5x, 3.5x and 3.5x optax.adam's and the recompute's 2.0x; in leaves of
+# 1.6e5 and 3.9e4 entries the chain's costs 1.7x and 1.6x and the recompute's
+# 2.1x and 1.9x. Below this size the recompute would also cost compile time
+# for nothing (a second copy of Adam's last step in the HLO).
+RECOMPUTE_MIN_SIZE = 200_000
 
 
 class AdamSpec(NamedTuple):
-  """Which Adam the recipe chains, to compute its last step again."""
+  """Which Adam (and learning rate) the recipe chains, to compute its step again."""
 
   kind: str  # "adam" (optax.scale_by_adam), "amsgrad" (optax.scale_by_amsgrad), "step_size"
   b1: Any
@@ -68,27 +67,30 @@ class AdamSpec(NamedTuple):
   eps_root: Any
   nesterov: bool
   amsgrad: bool
+  learning_rate: optax.ScalarOrSchedule
 
 
-def _adam_step_again(spec: AdamSpec, state: Any, g: jax.Array | None) -> jax.Array:
+def _adam_step_again(spec: AdamSpec, state: Any, g: jax.Array | None, x: dict) -> jax.Array:
   """One leaf's Adam update from its *new* moments, as the part computed it.
 
   ``state`` holds the leaf's new moments and step count, ``g`` the gradient
-  Adam received (Nesterov only). The expressions are the last lines of
-  ``optax.scale_by_adam`` / ``optax.scale_by_amsgrad`` (Optax's public
-  ``tree_bias_correction`` and the same division) and of
+  Adam received (Nesterov only), ``x`` the hyperparameters as arrays. The
+  expressions are the last lines of ``optax.scale_by_adam`` /
+  ``optax.scale_by_amsgrad`` (Optax's public ``tree_bias_correction`` and the
+  same division) and of
   :func:`~relax_optax._pytorch.scale_by_adam_step_size_correction`: the same
   values, to the rounding XLA may give one expression in two fusions
   (``tests/test_numerics.py`` holds the two to that).
   """
-  b1, b2, eps, eps_root = spec.b1, spec.b2, spec.eps, spec.eps_root
+  b1, b2, eps, eps_root = spec.b1, spec.b2, x["eps"], x.get("eps_root", 0.0)
   count = state.count
   nu = state.nu_max if spec.amsgrad else state.nu
   if spec.kind == "step_size":
     return step_size_update(state.mu, nu, step_size_correction(b1, b2, count), eps, eps_root)
   correct = optax.tree_utils.tree_bias_correction
   if spec.nesterov:
-    m = b1 * correct(state.mu, b1, optax.safe_increment(count)) + (1 - b1) * correct(g, b1, count)
+    m_next = correct(state.mu, b1, optax.safe_increment(count))
+    m = x["b1"] * m_next + x["1-b1"] * correct(g, b1, count)
   else:
     m = correct(state.mu, b1, count)
   v = nu if spec.amsgrad else correct(nu, b2, count)
@@ -116,17 +118,21 @@ def _recompute(
   params: optax.Params | None,
   adam_state: Any,
   extra_args: dict[str, Any],
-) -> Callable[[], list[jax.Array | None]] | None:
-  """Adam's update times the learning rate, computed again from Adam's new
-  moments, for the leaves of at least :data:`RECOMPUTE_MIN_SIZE` entries
-  (``None`` for the others); ``None`` if there are none.
+) -> Recompute | None:
+  """The group-norm sums of the leaves of at least :data:`RECOMPUTE_MIN_SIZE`
+  entries, from Adam's update times the learning rate computed again from
+  Adam's new moments (``None`` for the other leaves); ``None`` if none is
+  that large.
 
   Each large leaf's inputs (its new moments, the step count, the learning
-  rate's state; its gradient and parameter for Nesterov) pass through
-  ``jax.lax.optimization_barrier`` first: the same values, but XLA cannot merge
-  the two computations (common subexpression elimination), so the norm's
-  reduction computes the update itself, from moments in memory anyway,
-  instead of reading a copy written there.
+  rate and its state, every constant its reduction multiplies or adds by,
+  and its gradient and parameter for Nesterov) pass through one
+  ``jax.lax.optimization_barrier`` of its own: the same values, but XLA can
+  neither merge the two computations (common subexpression elimination: the
+  norm's reduction then computes the update itself, from moments in memory
+  anyway, instead of reading a copy written there) nor share a constant's
+  broadcast between leaves (XLA:CPU materialises a broadcast that several of
+  its YNNPACK reductions read as a leaf-sized array).
   """
   leaves, _, positions = array_leaves(grads)
   large = [j for j, i in enumerate(positions) if leaves[i].size >= RECOMPUTE_MIN_SIZE]
@@ -134,25 +140,43 @@ def _recompute(
   if not large or any(len(p) != len(positions) for _, _, p in moments):
     return None
   param_leaves = None if params is None else array_leaves(params)
+  constant_lr = not callable(spec.learning_rate)
 
-  def one(j: int) -> jax.Array:
+  def one(j: int, lim: Any) -> jax.Array:
     g = leaves[positions[j]]
     p = None if param_leaves is None else param_leaves[0][param_leaves[2][j]]
-    inputs = (_leaf_state(adam_state, j), g, p, tuple(pre_states), lr_state)
-    state, g, p, pre_s, lr_s = jax.lax.optimization_barrier(inputs)
+    x = {
+      "eps": jnp.asarray(spec.eps),
+      "inv_c": lim.inv_c,
+      "units": jnp.asarray(2.0**40, lim.inv_c.dtype),
+      **({} if _is_python_zero(spec.eps_root) else {"eps_root": jnp.asarray(spec.eps_root)}),
+      **({"b1": jnp.asarray(spec.b1), "1-b1": jnp.asarray(1 - spec.b1)} if spec.nesterov else {}),
+      **({"lr": jnp.asarray(spec.learning_rate)} if constant_lr else {}),
+    }
+    inputs = (_leaf_state(adam_state, j), g, p, tuple(pre_states), lr_state, x)
+    state, g, p, pre_s, lr_s, x = jax.lax.optimization_barrier(inputs)
     if spec.nesterov:  # the gradient Adam received
       for part, s in zip(pre, pre_s, strict=True):
         g, _ = part.update(g, s, p, **extra_args)
-    u = _adam_step_again(spec, state, g if spec.nesterov else None)
-    return lr.update(u, lr_s, p, **extra_args)[0]
+    u = _adam_step_again(spec, state, g if spec.nesterov else None, x)
+    if constant_lr:  # the same part, its constant behind the barrier
+      u = optax.scale_by_learning_rate(x["lr"]).update(u, optax.EmptyState())[0]
+    else:
+      u = lr.update(u, lr_s, p, **extra_args)[0]
+    u = cast(u, jnp.promote_types(u.dtype, lim.inv_c.dtype))
+    return leaf_sum(u, lim, x["inv_c"], x["units"])
 
-  def recompute() -> list[jax.Array | None]:
+  def recompute(limits: Sequence[Any]) -> list[jax.Array | None]:
     out: list[jax.Array | None] = [None] * len(positions)
     for j in large:
-      out[j] = one(j)
+      out[j] = one(j, limits[j])
     return out
 
   return recompute
+
+
+def _is_python_zero(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
 
 
 def speed_limited_chain(
@@ -268,7 +292,8 @@ def _adam_parts(
   else:
     adam = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
     kind = "adam"
-  spec = None if mu_dtype is not None else AdamSpec(kind, b1, b2, eps, eps_root, nesterov, amsgrad)
+  spec = AdamSpec(kind, b1, b2, eps, eps_root, nesterov, amsgrad, learning_rate)
+  spec = None if mu_dtype is not None else spec
   return adam, optax.scale_by_learning_rate(learning_rate), spec
 
 
@@ -311,10 +336,11 @@ def relativistic_adam(
   with ``optax.scale_by_amsgrad`` for ``amsgrad=True``, Adam with the bias
   correction on the step size for ``bias_correction="step_size"``, and
   :func:`relax_optax.scale_by_relative_speed_limit` for a
-  :class:`relax_optax.RelativeSpeedLimit`. Same state, same updates: on CPU
-  the ``global`` / ``per_param`` norms are taken from Adam's update computed a
-  second time rather than from a copy written to memory (a faster step with
-  large leaves), which changes no value. For ``speed_limit`` much larger
+  :class:`relax_optax.RelativeSpeedLimit`. Same state, same updates: on CPU,
+  for leaves of at least 200,000 entries, the ``global`` / ``per_param``
+  norms are taken from Adam's update computed a second time from its new
+  moments rather than from a copy written to memory (a 2x faster step with
+  such leaves), which changes no value beyond rounding. For ``speed_limit`` much larger
   than the updates it equals ``optax.adam``.
 
   Differences from relativistic-adam 1.0.0 (PyTorch), each with the option

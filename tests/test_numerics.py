@@ -1,7 +1,7 @@
 """One set of numerics: each recipe equals the chain its docstring writes out.
 
 ``relativistic_adam`` computes ``optax.chain(adam, scale_by_learning_rate,
-scale_by_relativistic)``; on CPU, for leaves of at least 2^15 entries, it takes
+scale_by_relativistic)``; on CPU, for leaves of at least 200,000 entries, it takes
 the group norm from Adam's update computed a second time rather than from a
 copy in memory. Over a grid of dtypes, speed limits from 1e-45 to 3e38 and
 inf, learning rates and ``eps`` from tiny to large, gradients with 0, 1e-30,
@@ -26,8 +26,9 @@ from hypothesis import HealthCheck, given, settings
 
 import relax_optax
 from relax_optax._pytorch import scale_by_adam_step_size_correction
+from relax_optax._recipes import RECOMPUTE_MIN_SIZE
 
-LARGE = 2**15  # the size from which the recipe recomputes the update on CPU
+LARGE = RECOMPUTE_MIN_SIZE  # the size from which the recipe recomputes the update on CPU
 SHAPES = [(), (1,), (5,), (LARGE,)]
 VARIANTS = [
   {},
