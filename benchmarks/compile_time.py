@@ -109,10 +109,11 @@ def measure(name: str, n_leaves: int, repeats: int) -> dict[str, float]:
   runs = []
   for _ in range(repeats):
     out = subprocess.run(
-      [sys.executable, __file__, "--worker", name, str(n_leaves)],
+      [sys.executable, "-m", "benchmarks.compile_time", "--worker", name, str(n_leaves)],
       capture_output=True,
       text=True,
       check=True,
+      cwd=Path(__file__).resolve().parents[1],
     )
     runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
   return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
