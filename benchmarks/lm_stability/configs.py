@@ -113,14 +113,15 @@ def add_override_args(parser: argparse.ArgumentParser) -> None:
   """One command-line option per :class:`Config` field (``--c-entry 1e-3 1e-1``, ...);
   an option given replaces the field of the experiment's config."""
   for f in dataclasses.fields(Config):
-    flag = "--" + f.name.replace("_", "-")
+    flag, what = "--" + f.name.replace("_", "-"), f"replaces the config's {f.name}"
     if f.type.startswith("bool"):
-      parser.add_argument(flag, action="store_true", default=None)
+      parser.add_argument(flag, action="store_true", default=None, help=what)
     elif f.type.startswith("tuple"):
       kind = str if "str" in f.type else int if "int" in f.type else float
-      parser.add_argument(flag, type=kind, nargs="+", default=None)
+      parser.add_argument(flag, type=kind, nargs="+", default=None, help=what)
     else:
-      parser.add_argument(flag, type=int if f.type == "int" else float, default=None)
+      kind = int if f.type == "int" else float
+      parser.add_argument(flag, type=kind, default=None, help=what)
 
 
 def with_overrides(config: Config, args: argparse.Namespace) -> Config:
