@@ -36,8 +36,7 @@ extensions = [
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-# readme_sections/: README snippets for the repository's README, not pages of the site.
-exclude_patterns = ["_build", "readme_sections", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 
 # MyST: ``` {testcode} blocks run under the doctest builder; $...$ maths; heading anchors
 # so that [text](#some-heading) and [text](page.md#some-heading) resolve.

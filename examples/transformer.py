@@ -16,7 +16,7 @@ Run from the repository root (about 1.5 minutes on one CPU core)::
   python examples/transformer.py
 
 It prints a progress bar and a summary table, and writes ``losses.png`` and
-``results.json`` under ``tmp/transformer/`` (git-ignored; ``--out`` elsewhere). The
+``results.json`` under ``examples/out/transformer/`` (git-ignored; ``--out`` elsewhere). The
 repository's benchmark of the same question, with five more alternatives, seeds and two
 model sizes, is ``benchmarks/lm_stability.py`` (docs/results/lm_stability.md).
 """
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument("--chunk", type=int, default=Config.chunk)
   parser.add_argument("--good-lr", type=float, default=Config.good_lr)
   parser.add_argument("--high-lr", type=float, default=Config.high_lr)
-  parser.add_argument("--out", type=Path, default=ROOT / "tmp" / "transformer")
+  parser.add_argument("--out", type=Path, default=ROOT / "examples" / "out" / "transformer")
   parser.add_argument("--no-plot", action="store_true")
   args = parser.parse_args(argv)
   cfg = Config(

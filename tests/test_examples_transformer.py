@@ -7,7 +7,7 @@ import pytest
 from examples import transformer
 
 
-@pytest.mark.example
+@pytest.mark.smoke
 def test_transformer_example_trains_every_optimizer(tmp_path):
   results = transformer.main(
     ["--steps", "4", "--chunk", "2", "--width", "16", "--depth", "1", "--batch", "2",
