@@ -16,19 +16,17 @@ it runs on (CPU, GPU, TPU):
   parameters in 4 leaves and in 256 leaves (median of ``--rounds`` rounds of
   ``--steps`` jitted steps each, interleaved), as ratios to ``optax.adam``.
 
-Run: ``python -m benchmarks.backend_paths`` (about a minute on one CPU core).
-Results go to ``benchmarks/results/backend_paths_<platform>.json``.
+Run: ``python -m benchmarks.backend_paths`` (about two minutes on one CPU
+core); it writes ``backend_paths_<platform>.json`` to the scratch folder, or
+to ``benchmarks/results/`` with ``--commit-results``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +34,7 @@ import numpy as np
 import optax
 
 import relax_optax
-
-RESULTS = Path(__file__).parent / "results"
+from benchmarks import _common
 
 
 def _trees(total: int, leaves: int) -> dict[str, jax.Array]:
@@ -117,9 +114,10 @@ def main() -> None:
   parser.add_argument("--modes", nargs="+", default=["global", "per_param"])
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
-  args = parser.parse_args()
   platform = jax.devices()[0].platform
+  _common.add_output_args(parser, f"backend_paths_{platform}")
+  args = parser.parse_args()
+  start = _common.run_start()
   rows = []
   print(f"backend: {platform} ({jax.devices()[0].device_kind}), jax {jax.__version__}")
   print("leaves  mode       recompute  max rel diff  adam ms  recipe/adam  chain/adam")
@@ -133,17 +131,12 @@ def main() -> None:
         f"  {r['recipe_over_adam']:11.2f}  {r['chain_over_adam']:10.2f}"
       )
   meta = {
-    "platform": platform,
+    **_common.run_metadata(start),
     "device_kind": jax.devices()[0].device_kind,
-    "jax": jax.__version__,
-    "optax": optax.__version__,
-    "cpu_count": os.cpu_count(),
-    "load_average": os.getloadavg()[0],
     "command": "python -m benchmarks.backend_paths",
   }
-  path = args.out or RESULTS / f"backend_paths_{platform}.json"
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+  path = _common.output_path(args).with_suffix(".json")
+  _common.write_json(path, {"meta": meta, "rows": rows}, indent=1)
   print(f"wrote {path}")
   recipes = [r["recipe_over_adam"] for r in rows]
   lo, hi = min(recipes), max(recipes)
