@@ -59,6 +59,7 @@ autodoc_type_aliases = {
     "optax.Schedule",
     "optax.Updates",
     "optax.GradientTransformation",
+    "optax.GradientTransformationExtraArgs",
   ]
 }
 # The core's own aliases link to their entries on the API page.

@@ -501,12 +501,22 @@ def relativistic_adamw(
   (``p ← p - lr·(û + wd·p)``): the two differ by ``lr·wd·v`` per step.
 
   Args:
-    learning_rate, speed_limit, b1, b2, eps, eps_root, mu_dtype, mode,
-      formula, nesterov, amsgrad, bias_correction, axis_name: as in
-      :func:`relativistic_adam`.
+    learning_rate: as in :func:`relativistic_adam`.
+    speed_limit: as in :func:`relativistic_adam`.
+    b1: as in :func:`relativistic_adam`.
+    b2: as in :func:`relativistic_adam`.
+    eps: as in :func:`relativistic_adam`.
+    eps_root: as in :func:`relativistic_adam`.
+    mu_dtype: as in :func:`relativistic_adam`.
     weight_decay: non-negative decoupled decay coefficient, or a schedule.
     mask: a pytree of booleans (or a function of the params returning one)
       selecting the leaves to decay, as in ``optax.adamw``; ``None`` for all.
+    mode: as in :func:`relativistic_adam`.
+    formula: as in :func:`relativistic_adam`.
+    nesterov: as in :func:`relativistic_adam`.
+    amsgrad: as in :func:`relativistic_adam`.
+    bias_correction: as in :func:`relativistic_adam`.
+    axis_name: as in :func:`relativistic_adam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.

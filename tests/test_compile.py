@@ -33,6 +33,7 @@ def _per_leaf(name: str) -> tuple[float, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.xla_cpu
 @pytest.mark.parametrize("name", NAMES)
 def test_hlo_grows_linearly_and_like_adam_with_clipping(name):
   first, second = _per_leaf(name)

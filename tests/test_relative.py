@@ -601,6 +601,7 @@ def _hlo_per_leaf(make) -> tuple[float, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.xla_cpu
 @pytest.mark.parametrize("mode", ["global", "per_param"])
 def test_compiled_step_grows_linearly_with_the_leaves(mode):
   limit = relax_optax.RelativeSpeedLimit()

@@ -93,9 +93,7 @@ def _adam(lr, *after):
 
 
 def _relativistic(mode: str, formula: str = "lorentz"):
-  return lambda lr, c: relax_optax.relativistic_adam(
-    lr, B1, B2, EPS, speed_limit=c, mode=mode, formula=formula
-  )
+  return lambda lr, c: relax_optax.relativistic_adam(lr, c, B1, B2, EPS, mode=mode, formula=formula)
 
 
 def arms(domain: str, n_params: int) -> list[Arm]:

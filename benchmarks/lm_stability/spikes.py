@@ -75,7 +75,7 @@ def spike_arms(c_entry: float, c_scale: float) -> dict[str, tuple[Callable, bool
     ),
     f"relativistic c_entry={c_entry:g}": (
       lambda lr, b2: relax_optax.relativistic_adam(
-        lr, B1, b2, EPS, speed_limit=c_entry * c_scale, mode="per_param"
+        lr, c_entry * c_scale, B1, b2, EPS, mode="per_param"
       ),
       False,
     ),
@@ -83,7 +83,7 @@ def spike_arms(c_entry: float, c_scale: float) -> dict[str, tuple[Callable, bool
   for k in SPIKE_KS:
     out[f"relative k={k:g}"] = (
       lambda lr, b2, k=k: relax_optax.relativistic_adam(
-        lr, B1, b2, EPS, speed_limit=relax_optax.RelativeSpeedLimit(k=k), mode="per_param"
+        lr, relax_optax.RelativeSpeedLimit(k=k), B1, b2, EPS, mode="per_param"
       ),
       False,
     )
