@@ -236,38 +236,40 @@ _COLLECTIVE = re.compile(
 
 
 def collectives(hlo: str) -> list[tuple[str, str]]:
-  """``(op, result shape)`` for each collective in compiled HLO text.
+  """``(op, shape)`` for each array a collective in compiled HLO text moves.
 
-  Async pairs count once (``-start``; ``-done`` is not matched); layouts
-  (``{1,0}``) and comments are dropped from the shapes.
+  XLA packs independent all-reduces into one op over a tuple of arrays (its
+  all-reduce combiner does so with the optimizer's and the gradients' alike),
+  so each member of a tuple counts as one entry. Async pairs count once
+  (``-start``; ``-done`` is not matched); layouts (``{1,0}``) are dropped.
   """
   found = []
   for line in hlo.splitlines():
-    line = re.sub(r"/\*.*?\*/", "", line)
-    m = _COLLECTIVE.search(line)
+    m = _COLLECTIVE.search(re.sub(r"/\*.*?\*/", "", line))
     if m:
-      found.append((m.group("op"), re.sub(r"\{[^}]*\}", "", m.group("shape"))))
+      shape = re.sub(r"\{[^}]*\}", "", m.group("shape")).strip("()")
+      found += [(m.group("op"), member.strip()) for member in shape.split(", ")]
   return found
 
 
-def added_collectives(hlo: str, baseline: str) -> dict[str, list[str]]:
-  """The collectives of ``hlo`` that ``baseline`` does not have, by op."""
-  extra = collections.Counter(collectives(hlo)) - collections.Counter(collectives(baseline))
-  missing = collections.Counter(collectives(baseline)) - collections.Counter(collectives(hlo))
-  out: dict[str, list[str]] = collections.defaultdict(list)
-  for (op, shape), k in sorted(extra.items()):
-    out[op] += [shape] * k
-  for (op, shape), k in sorted(missing.items()):
-    out["removed " + op] += [shape] * k
-  return dict(out)
+def collective_ops(hlo: str) -> collections.Counter:
+  """How many collective ops of each kind (a packed tuple is one op)."""
+  ops = collections.Counter()
+  for line in hlo.splitlines():
+    m = _COLLECTIVE.search(re.sub(r"/\*.*?\*/", "", line))
+    if m:
+      ops[m.group("op")] += 1
+  return ops
 
 
-def _scalar_count(shape: str) -> int:
-  """Number of entries of an HLO shape (``f32[]`` -> 1, ``(f32[3], f32[])`` -> 4)."""
-  total = 0
-  for dims in re.findall(r"\[([0-9,]*)\]", shape):
-    total += int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-  return total
+def added_collectives(hlo: str, baseline: str) -> tuple[dict[str, list[str]], list]:
+  """The arrays that ``hlo``'s collectives move and ``baseline``'s do not, by
+  op, and those of ``baseline`` that ``hlo`` does not move."""
+  mine, base = collections.Counter(collectives(hlo)), collections.Counter(collectives(baseline))
+  added: dict[str, list[str]] = collections.defaultdict(list)
+  for (op, shape), k in sorted((mine - base).items()):
+    added[op] += [shape] * k
+  return dict(added), sorted((base - mine).elements())
 
 
 # ---------------------------------------------------------------------------
@@ -400,10 +402,11 @@ def _worker(phase: str, port: int, process_id: int, out: Path) -> None:
   _init_distributed(port, process_id, N_PROCESSES)
   import jax
   import orbax.checkpoint as ocp
+  from jax.sharding import AxisType
   from jax.sharding import PartitionSpec as P
 
   assert jax.process_count() == N_PROCESSES and jax.device_count() == N_PROCESSES
-  mesh = jax.make_mesh((N_PROCESSES,), (AXIS,), devices=jax.devices())
+  mesh = jax.make_mesh((N_PROCESSES,), (AXIS,), axis_types=(AxisType.Auto,), devices=jax.devices())
   graphdef, params0 = _model()
   param_specs = _specs(params0)
   data_spec = P(AXIS, None)
@@ -741,6 +744,99 @@ def test_checkpoint_restores_resharded_into_one_process(runs, name):
   _close(_by_path(state), uninterrupted["state"], f"{name} state")
 
 
+# Where the measured collectives miss the budget (reported, not yet fixed).
+_OVER_BUDGET = {
+  ("jit", "global"): (
+    "under jit the SPMD partitioner all-reduces each sharded leaf's partial sum "
+    "on its own: one f32[] per sharded leaf (2 here), not one scalar"
+  ),
+  ("jit", "per_param"): (
+    "under jit the SPMD partitioner all-reduces each sharded leaf's sum on its own: "
+    "one f32[] per sharded leaf (2 here), not one vector"
+  ),
+}
+
+
+def _budget_params():
+  for how in ("jit", "shard_map"):
+    for mode in ("global", "per_param", "per_component"):
+      marks = [pytest.mark.cpu_hlo, pytest.mark.slow]
+      if (how, mode) in _OVER_BUDGET:
+        marks.append(pytest.mark.xfail(strict=False, reason=_OVER_BUDGET[how, mode]))
+      yield pytest.param(how, mode, marks=marks, id=f"{how}-{mode}")
+
+
+@pytest.mark.parametrize(("how", "mode"), list(_budget_params()))
+def test_collectives_added_over_adam(runs, how, mode):
+  """The budget: ``global`` adds one scalar all-reduce, ``per_param`` one
+  all-reduce of a vector of per-leaf sums, ``per_component`` nothing; no
+  all-gather (Adam's moments stay sharded); nothing of Adam's goes away.
+
+  The workers run on XLA:CPU, so the HLO is that backend's (marker
+  ``cpu_hlo``); another backend's partitioner may place them differently.
+  """
+  hlo = runs["hlo"][how]
+  added, removed = added_collectives(hlo[f"adam-{mode}-lorentz"], hlo["optax-adam"])
+  assert not removed, removed
+  assert set(added) <= {"all-reduce"}, added
+  reduced = added.get("all-reduce", [])
+  if mode == "global":
+    assert reduced == ["f32[]"], reduced
+  elif mode == "per_param":
+    n_leaves = 6  # the model's parameter leaves
+    assert len(reduced) == 1 and re.fullmatch(r"f32\[(\d*)\]", reduced[0]), reduced
+    assert int(re.fullmatch(r"f32\[(\d*)\]", reduced[0]).group(1) or 1) <= n_leaves, reduced
+  else:
+    assert reduced == [], reduced
+
+
+@pytest.mark.slow
+def test_example_multihost_training_runs():
+  """``examples/multihost_training.py`` starts 2 processes that print the same losses."""
+  example = Path(__file__).resolve().parent.parent / "examples" / "multihost_training.py"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run(
+    [sys.executable, str(example), "--steps", "3", "--log-every", "1"],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_S,
+    check=False,
+    env=env,
+  )
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  losses = collections.defaultdict(list)
+  # The processes share stdout: their lines may interleave.
+  for m in re.finditer(r"process (\d)/2  step +\d+  loss (\d+\.\d{5})", proc.stdout):
+    losses[int(m.group(1))].append(float(m.group(2)))
+  assert sorted(losses) == [0, 1] and len(losses[0]) == 3, proc.stdout
+  assert losses[0] == losses[1], proc.stdout
+  assert losses[0][-1] < losses[0][0], proc.stdout
+
+
+def print_counts() -> None:
+  """Prints what each optimizer adds over ``optax.adam`` in one sharded step."""
+  root = Path(tempfile.mkdtemp(prefix="relax_optax_counts_"))
+  try:
+    launch(["counts", str(root)], N_PROCESSES, root, TIMEOUT_S)
+    hlo = json.loads((root / "hlo.json").read_text())
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  print(f"{N_PROCESSES} processes, kernels split over {AXIS!r}; arrays moved by collectives")
+  print("| step | optimizer | all-reduce ops (Adam's) | arrays added over optax.adam |")
+  print("| --- | --- | --- | --- |")
+  for how, texts in hlo.items():
+    base_ops = collective_ops(texts["optax-adam"])
+    for name, text in texts.items():
+      added, removed = added_collectives(text, texts["optax-adam"])
+      what = "; ".join(f"{op}: {', '.join(shapes)}" for op, shapes in added.items()) or "none"
+      if removed:
+        what += f" (removed: {removed})"
+      ops = collective_ops(text)["all-reduce"]
+      print(f"| {how} | {name} | {ops} ({base_ops['all-reduce']}) | {what} |")
+
+
 if __name__ == "__main__":
   if sys.argv[1] in ("train", "resume", "counts") and len(sys.argv) == 5:
     _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+  elif sys.argv[1:] == ["counts"]:
+    print_counts()
