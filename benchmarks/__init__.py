@@ -1,5 +1,7 @@
-"""Benchmarks: scripts that print tables and write JSON + PNG under results/.
+"""Benchmarks: scripts that print tables and write one JSON (and its PNG) per run.
 
-Run them from the repository root as modules, e.g. ``python -m benchmarks.lr_sensitivity``;
-they share ``benchmarks/_common.py`` and import the examples as ``examples.<name>``.
+Run them from the repository root as modules, e.g. ``python -m benchmarks.lr_sensitivity``.
+A run writes under ``benchmarks/results/scratch/`` (ignored by git); ``--commit-results``
+updates the committed results under ``benchmarks/results/`` that the documentation's
+tables are built from. What several benchmarks share is in ``benchmarks/_common.py``.
 """

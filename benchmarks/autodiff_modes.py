@@ -11,8 +11,9 @@ Prints three tables, each ending with its headline ratio:
 3. The cheap-gradient ratio cost(grad f) / cost(f) for the fan-in f against
    the bound of automatic differentiation theory (Griewank & Walther).
 
-Writes the plot and the full results next to each other:
-``<out>/autodiff_modes.png``, ``.json`` (everything) and ``.csv`` (the sweep).
+Writes ``autodiff_modes.json`` (everything) and ``autodiff_modes.png`` under
+``benchmarks/results/scratch/``, or with ``--commit-results`` under
+``benchmarks/results/`` (what the documentation shows).
 
 It also holds the measurement: :func:`jit_cost` and :func:`cost_report` give, for
 any function and example inputs, the jaxpr size, XLA's compiled cost analysis and the
@@ -24,18 +25,15 @@ family ℝⁿ → ℝᵐ swept. The hand-written derivations of the textbook exa
 Usage (from the repository root, about 1-2 minutes on 2 CPU cores)::
 
   python -m benchmarks.autodiff_modes
+  python -m benchmarks.autodiff_modes --commit-results
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import json
 import math
-import os
 import pathlib
-import platform
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -47,7 +45,15 @@ import numpy as np
 import tqdm
 from jax.extend import core as jex_core
 
-from benchmarks._common import json_safe, median_call_time_s, pyplot
+from benchmarks._common import (
+  add_output_args,
+  median_call_time_s,
+  output_path,
+  pyplot,
+  run_metadata,
+  run_start,
+  write_json,
+)
 from examples.autodiff_modes import forward_accumulation, reverse_accumulation, textbook_f
 
 GRIEWANK_WALTHER_BOUND = 5.0  # "within a factor of about 4-5" (Griewank & Walther 2008).
@@ -664,7 +670,7 @@ def plot(results: dict[str, Any], path: pathlib.Path) -> None:
   meta = results["meta"]
   fig.suptitle(
     f"Forward vs reverse mode, jit-compiled (jax {meta['jax']}, "
-    f"{meta['device']}, {meta['cpu_count']} CPU cores)"
+    f"{meta['device']}, {meta.get('cpus', meta.get('cpu_count'))} CPU cores)"
   )
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -702,30 +708,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     default=0.05,
     help="time each computation for at least this long; the median call is reported",
   )
-  parser.add_argument(
-    "--out",
-    type=pathlib.Path,
-    default=pathlib.Path(__file__).parent / "results",
-    help="folder for autodiff_modes.{png,json,csv}",
-  )
+  add_output_args(parser, "autodiff_modes")
   args = parser.parse_args(argv)
 
+  start = run_start()
   device = jax.devices()[0]
-  meta = {
+  meta = run_metadata() | {
     "command": " ".join(["python -m benchmarks.autodiff_modes", *sys.argv[1:]]),
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "jax": jax.__version__,
-    "backend": jax.default_backend(),
     "device": getattr(device, "device_kind", str(device)),
-    "cpu_count": os.cpu_count(),
-    "python": platform.python_version(),
     "repeats": args.repeats,
     "min_time_s": args.min_time_s,
     "rounds": args.rounds,
   }
   print(
     f"jax {meta['jax']} on {meta['backend']} ({meta['device']}), "
-    f"{meta['cpu_count']} CPU cores; times are medians of one call, timed for "
+    f"{meta['cpus']} CPU cores; times are medians of one call, timed for "
     f">= {args.min_time_s} s and >= {args.repeats} calls each"
   )
   results = {"meta": meta}
@@ -733,17 +731,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   results["sweep"] = scaling_sweep(args)
   results["cheap_gradient"] = cheap_gradient(args)
 
-  args.out.mkdir(parents=True, exist_ok=True)
-  stem = args.out / "autodiff_modes"
-  stem.with_suffix(".json").write_text(
-    json.dumps(json_safe(results), indent=1, allow_nan=False) + "\n"
-  )
-  with stem.with_suffix(".csv").open("w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(results["sweep"]["rows"][0]))
-    writer.writeheader()
-    writer.writerows(results["sweep"]["rows"])
+  meta |= run_metadata(start)
+  stem = output_path(args)
+  write_json(stem.with_suffix(".json"), results, indent=1)
   plot(results, stem.with_suffix(".png"))
-  print(f"\nwrote {stem}.png, .json, .csv")
+  print(f"\nwrote {stem}.png and .json")
   print(results["cheap_gradient"]["headline"])
   return results
 

@@ -15,6 +15,9 @@ JSON and a plot. Run from the repository root::
   # overlay earlier runs
   python -m benchmarks.circuits --plot-json benchmarks/results/circuits_min_nb_*.json \
       --plot docs/circuits_min_notebook_init.png
+
+It writes only the files named by ``--json`` and ``--plot`` (``--plot-json`` without
+``--plot``: ``benchmarks/results/scratch/circuits.png``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import math
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks._common import pyplot, steps_axis
+from benchmarks._common import SCRATCH, pyplot, run_metadata, run_start, steps_axis, write_json
 from examples import circuits
 from examples.circuits import NOTEBOOK, NOTEBOOK_LOG_EVERY, SUCCESS_MSE, TASKS, Result
 
@@ -135,9 +138,12 @@ def plot_from_json(paths: list[str], out: str) -> None:
 def main(argv: list[str] | None = None) -> list[Result]:
   args = parse_args(argv)
   if args.plot_json:
-    plot_from_json(args.plot_json, args.plot or "circuits.png")
-    print(f"wrote {args.plot or 'circuits.png'}")
+    out = args.plot or str(SCRATCH / "circuits.png")
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    plot_from_json(args.plot_json, out)
+    print(f"wrote {out}")
     return []
+  start = run_start()
   init = args.init or ("notebook" if args.seeds == 1 else "random")
   if init == "notebook" and args.seeds > 1:
     raise SystemExit("--init notebook gives one initialisation; use --seeds 1")
@@ -202,29 +208,29 @@ def main(argv: list[str] | None = None) -> list[Result]:
       plot_curves(results, args.plot, init)
     print(f"wrote {args.plot}")
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(
-        {
-          "device": str(device),
-          "optimizer": args.optimizer,
-          "lr": lr,
-          "speed_limit": args.speed_limit,
-          "mode": args.mode,
-          "init": init,
-          "seeds": args.seeds,
-          "batch_size": args.batch_size,
-          "tasks": {
-            r.task: {
-              "steps": r.steps,
-              "test_mse": r.test_mse.tolist(),
-              "kernels": [k.tolist() for k in r.kernels],
-              "seconds": r.seconds,
-            }
-            for r in results
-          },
+    write_json(
+      args.json,
+      {
+        "device": str(device),
+        "optimizer": args.optimizer,
+        "lr": lr,
+        "speed_limit": args.speed_limit,
+        "mode": args.mode,
+        "init": init,
+        "seeds": args.seeds,
+        "batch_size": args.batch_size,
+        "tasks": {
+          r.task: {
+            "steps": r.steps,
+            "test_mse": r.test_mse.tolist(),
+            "kernels": [k.tolist() for k in r.kernels],
+            "seconds": r.seconds,
+          }
+          for r in results
         },
-        f,
-      )
+        "run": run_metadata(start),
+      },
+    )
     print(f"wrote {args.json}")
   return results
 

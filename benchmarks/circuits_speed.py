@@ -18,7 +18,8 @@ With no PyTorch (neither importable nor ``--torch-python``) the table uses the f
 recorded in ``RECORDED_PYTORCH_US`` and says so. Each figure is the median over
 ``--repeats`` timed runs of wall time per step (and of CPU time per step: the process's
 own CPU seconds, which other processes on the core do not inflate). Writes
-``benchmarks/results/circuits_speed.{json,png}``.
+``circuits_speed.{json,png}`` under ``benchmarks/results/scratch/``, or with
+``--commit-results`` under ``benchmarks/results/`` (what the documentation shows).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import subprocess
 import sys
 import time
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TASK_SIZES = {
   "identity": (1, 2, 1),
@@ -220,7 +220,7 @@ def jax_variants(task_name: str, steps: int):
 # ----------------------------------------------------------------------------- main
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--tasks", nargs="+", default=list(TASK_SIZES))
   p.add_argument("--steps", type=int, default=30_000, help="steps per timed JAX run")
@@ -234,15 +234,28 @@ def main() -> None:
     "(default: this one, if it can import torch)",
   )
   p.add_argument("--core", type=int, default=0, help="the CPU core to pin to")
-  p.add_argument("--out", default=str(RESULTS / "circuits_speed"))
   p.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
-  args = p.parse_args()
+  args, _ = p.parse_known_args(argv)
 
   if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {args.core})  # inherited by the PyTorch subprocess
   if args.torch_worker:
     torch_worker(args.torch_worker, args.torch_steps, args.repeats)
     return
+  # Only now the JAX side: the worker above runs where only torch is installed.
+  from benchmarks._common import (
+    add_output_args,
+    output_path,
+    pyplot,
+    run_metadata,
+    run_start,
+    us_per_step,
+    write_json,
+  )
+
+  add_output_args(p, "circuits_speed")
+  args = p.parse_args(argv)
+  start = run_start()
   # Single-threaded Eigen for XLA:CPU, set before JAX starts (the affinity above
   # already keeps every thread of the process on one core).
   os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
@@ -255,8 +268,6 @@ def main() -> None:
     except ImportError:
       torch_python = None
   import jax
-
-  from benchmarks._common import pyplot, us_per_step
 
   device = jax.devices()[0]
   print(
@@ -303,22 +314,21 @@ def main() -> None:
     f"{min(ratios_cpu):.1f}x){recorded}"
   )
 
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  with open(out.with_suffix(".json"), "w") as f:
-    json.dump(
-      {
-        "device": str(device),
-        "core": args.core,
-        "steps": args.steps,
-        "torch_steps": args.torch_steps,
-        "repeats": args.repeats,
-        "torch_python": torch_python,
-        "tasks": rows,
-      },
-      f,
-      indent=1,
-    )
+  out = output_path(args)
+  write_json(
+    out.with_suffix(".json"),
+    {
+      "device": str(device),
+      "core": args.core,
+      "steps": args.steps,
+      "torch_steps": args.torch_steps,
+      "repeats": args.repeats,
+      "torch_python": torch_python,
+      "tasks": rows,
+      "run": run_metadata(start),
+    },
+    indent=1,
+  )
   import numpy as np
 
   plt = pyplot()
@@ -334,6 +344,7 @@ def main() -> None:
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(out.with_suffix(".png"), dpi=110)
+  plt.close(fig)
   print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 
 

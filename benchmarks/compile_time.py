@@ -23,6 +23,9 @@ Run (on a quiet machine; the README says under what load its table was taken)::
 
   python -m benchmarks.compile_time                  # 10, 100, 500, 2000 leaves
   python -m benchmarks.compile_time --quick          # 10 and 100 leaves, lorentz only
+
+Writes ``compile_time.{json,png}`` under ``benchmarks/results/scratch/``, or with
+``--commit-results`` under ``benchmarks/results/`` (what the documentation shows).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks._common import add_output_args, output_path, run_metadata, run_start, write_json
+
 MODES = ("global", "per_param", "per_component")
 FORMULAS = ("lorentz", "tanh", "reference")
 
@@ -105,10 +109,11 @@ def measure(name: str, n_leaves: int, repeats: int) -> dict[str, float]:
   runs = []
   for _ in range(repeats):
     out = subprocess.run(
-      [sys.executable, __file__, "--worker", name, str(n_leaves)],
+      [sys.executable, "-m", "benchmarks.compile_time", "--worker", name, str(n_leaves)],
       capture_output=True,
       text=True,
       check=True,
+      cwd=Path(__file__).resolve().parents[1],
     )
     runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
   return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
@@ -141,6 +146,7 @@ def plot(rows: list[dict], names: list[str], path: Path) -> None:
   ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--kinds", nargs="+", default=["radam", "chain"])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--quick", action="store_true", help="10 and 100 leaves, lorentz, 1 repeat")
-  parser.add_argument("--out", type=Path, default=RESULTS / "compile_time")
+  add_output_args(parser, "compile_time")
   args = parser.parse_args(argv)
   if args.worker:
     print(json.dumps(compile_once(args.worker[0], int(args.worker[1]))))
@@ -161,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
 
   from tqdm import tqdm
 
+  start = run_start()
   names = ["adam", "adam+clip"] + [
     f"{kind}:{mode}:{formula}" for kind in args.kinds for mode in MODES for formula in args.formulas
   ]
@@ -190,15 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     f"\nheadline at {big} leaves: slowest global/per_param {group / clip:.2f}x adam+clip"
     f" (target <= 1); slowest per_component {comp / adam:.2f}x adam (target <= 1.5)"
   )
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  meta = {"leaves": args.leaves, "repeats": args.repeats, "python": sys.version.split()[0]}
-  import jax
-  import optax
-
-  meta.update(jax=jax.__version__, optax=optax.__version__, backend=jax.default_backend())
-  args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-  plot(rows, names, args.out.with_suffix(".png"))
-  print(f"wrote {args.out.with_suffix('.json')} and .png")
+  out = output_path(args)
+  meta = {"leaves": args.leaves, "repeats": args.repeats} | run_metadata(start)
+  write_json(out.with_suffix(".json"), {"meta": meta, "rows": rows}, indent=1)
+  plot(rows, names, out.with_suffix(".png"))
+  print(f"wrote {out.with_suffix('.json')} and .png")
 
 
 if __name__ == "__main__":

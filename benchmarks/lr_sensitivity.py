@@ -15,18 +15,19 @@ diverged run counts as ``loss_init``) and the minimum is the optimizer's best
 learning rate. Lower is less sensitive. It is computed per seed; the table
 gives the mean and the range over seeds.
 
-Writes ``lr_sensitivity.png`` (final loss vs learning rate) and
-``lr_sensitivity.json`` under ``benchmarks/results``.
+Writes ``lr_sensitivity.json`` and ``lr_sensitivity.png`` (final loss vs learning
+rate) under ``benchmarks/results/scratch/``, or with ``--commit-results`` under
+``benchmarks/results/`` (the committed results the documentation shows).
 
 Run::
 
   python -m benchmarks.lr_sensitivity          # about 5 minutes on one core
+  python -m benchmarks.lr_sensitivity --commit-results
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -37,7 +38,14 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from benchmarks._common import RESULTS, pyplot
+from benchmarks._common import (
+  add_output_args,
+  output_path,
+  pyplot,
+  run_metadata,
+  run_start,
+  write_json,
+)
 from benchmarks._common import lr_sensitivity as sensitivity
 from examples import high_lr_demo as demo
 
@@ -170,6 +178,7 @@ def plot(results: list[dict], lrs: list[float], path: Path) -> None:
   )
   fig.tight_layout()
   fig.savefig(path, dpi=90)
+  plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -181,7 +190,7 @@ def main(argv=None) -> None:
   parser.add_argument("--reg-depth", type=int, default=10)
   parser.add_argument("--reg-width", type=int, default=32)
   parser.add_argument("--speed-limit", type=float, default=0.1)
-  parser.add_argument("--out", type=Path, default=RESULTS / "lr_sensitivity")
+  add_output_args(parser, "lr_sensitivity")
   args = parser.parse_args(argv)
 
   seeds = list(range(args.seeds))
@@ -194,6 +203,7 @@ def main(argv=None) -> None:
     f"{len(txs)} optimizers x {len(args.lrs)} learning rates x {args.seeds} seeds"
     f" x {len(tasks)} tasks, {args.steps} steps each; speed limit c={args.speed_limit:g}"
   )
+  start = run_start()
   t0 = time.perf_counter()
   results = []
   total = len(tasks) * len(txs) * len(args.lrs) * args.steps
@@ -204,12 +214,11 @@ def main(argv=None) -> None:
   for res in results:
     print_tables(res, args.lrs)
 
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  plot(results, args.lrs, args.out.with_suffix(".png"))
-  config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-  text = json.dumps({"config": config | {"seconds": elapsed}, "results": results})
-  args.out.with_suffix(".json").write_text(text.replace("NaN", "null").replace("Infinity", "null"))
-  print(f"\nwrote {args.out.with_suffix('.png')} and .json ({elapsed:.0f} s)")
+  out = output_path(args)
+  config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+  write_json(out.with_suffix(".json"), {"config": config | run_metadata(start), "results": results})
+  plot(results, args.lrs, out.with_suffix(".png"))
+  print(f"\nwrote {out.with_suffix('.png')} and .json ({elapsed:.0f} s)")
   # Headline: the least sensitive relativistic variant vs the least sensitive baseline.
   for res in results:
     sens = {o: float(np.mean(r["sensitivity"])) for o, r in res["optimizers"].items()}

@@ -15,22 +15,20 @@ with scikit-learn, no download), pixels scaled to [0, 1], split 1000 train /
 cross-entropy, mini-batches of 64, ``--steps`` steps. Every candidate and seed
 runs at once (``jax.vmap`` over a ``lax.scan`` of the training steps).
 
-Needs the ``bench`` extra (``pip install -e ".[bench,examples]"``). Writes
-``rgd_nn.json``, ``rgd_nn.png`` and ``rgd_nn.txt`` under
-``benchmarks/results``.
+Needs the ``bench`` extra (``pip install -e ".[bench]"``). Writes ``rgd_nn.json`` and
+``rgd_nn.png`` under ``benchmarks/results/scratch/``, or with ``--commit-results``
+under ``benchmarks/results/`` (what the documentation shows).
 
 Run::
 
   python -m benchmarks.rgd_nn           # about 2 minutes on 2 CPU cores
   python -m benchmarks.rgd_nn --quick   # a few seconds
+  python -m benchmarks.rgd_nn --commit-results
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,8 +40,15 @@ import optax
 from tqdm import tqdm
 
 import relax_optax
+from benchmarks._common import (
+  add_output_args,
+  digits,
+  output_path,
+  run_metadata,
+  run_start,
+  write_json,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (64, 128, 128, 128, 10)
 BATCH = 64
 EVAL_EVERY = 25
@@ -69,11 +74,7 @@ def make_tx(name: str, h: dict) -> optax.GradientTransformation:
 
 
 def load_data(seed: int = 0) -> dict[str, jax.Array]:
-  from sklearn.datasets import load_digits
-
-  x, y = load_digits(return_X_y=True)
-  perm = np.random.default_rng(seed).permutation(len(y))
-  x, y = (x[perm] / 16.0).astype(np.float32), y[perm].astype(np.int32)
+  x, y = digits(seed)
   parts = {"train": slice(0, 1000), "val": slice(1000, 1397), "test": slice(1397, None)}
   out = {}
   for k, s in parts.items():
@@ -155,12 +156,13 @@ def main(argv=None) -> dict:
   parser.add_argument("--budget", type=int, default=24, help="candidates per method")
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--seeds", type=int, default=5, help="retraining seeds of the best")
-  parser.add_argument("--out", type=Path, default=RESULTS)
+  add_output_args(parser, "rgd_nn", directory=True)
   args = parser.parse_args(argv)
   budget, steps = (4, 100) if args.quick else (args.budget, args.steps)
   steps -= steps % EVAL_EVERY
 
   data = load_data()
+  run_started = run_start()
   start = time.perf_counter()
   results = {"methods": {}}
   rng = np.random.default_rng(0)
@@ -205,11 +207,6 @@ def main(argv=None) -> dict:
     "search": "seeded random search (log-uniform lr and c), same budget per method",
     "selection": "final validation loss, one run per candidate",
     "retrain_seeds": args.seeds,
-    "seconds": round(elapsed, 1),
-    "load_average_at_end": os.getloadavg(),
-    "cpu_count": os.cpu_count(),
-    "platform": platform.platform(),
-    "jax": jax.__version__,
     "command": "python -m benchmarks.rgd_nn "
     + " ".join(argv if argv is not None else sys.argv[1:]),
   }
@@ -237,11 +234,10 @@ def main(argv=None) -> dict:
   print(text)
   print(f"({elapsed:.0f} s)")
   results["summary"] = {"test_acc_mean": accs, "best": top}
-  args.out.mkdir(parents=True, exist_ok=True)
-  stem = "rgd_nn_quick" if args.quick else "rgd_nn"
-  (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
-  (args.out / f"{stem}.txt").write_text(text + "\n")
-  plot(results, args.out / f"{stem}.png")
+  results["config"] |= run_metadata(run_started)
+  stem = output_path(args) / ("rgd_nn_quick" if args.quick else "rgd_nn")
+  write_json(stem.with_suffix(".json"), results, indent=1)
+  plot(results, stem.with_suffix(".png"))
   return results
 
 

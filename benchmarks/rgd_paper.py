@@ -36,9 +36,10 @@ authors' published ones (two quadratics, matrix completion) are then run on the
 tuning instance (seed 0) and on held-out instances (seeds 1…4: new ``x0``, new
 matrices) for the problems that are random.
 
-Writes ``rgd_paper.json`` (everything, including the seed-0 curves),
-``rgd_paper.png`` (``f(x_k)`` on a log scale) and ``rgd_paper.txt`` (the table)
-under ``benchmarks/results``.
+Prints the table; writes ``rgd_paper.json`` (everything, including the seed-0 curves)
+and ``rgd_paper.png`` (``f(x_k)`` on a log scale) under ``benchmarks/results/scratch/``,
+or with ``--commit-results`` under ``benchmarks/results/`` (what the documentation
+shows).
 
 Run::
 
@@ -47,6 +48,7 @@ Run::
   python -m benchmarks.rgd_paper --budget 2048 --stem rgd_paper_budget2048
   python -m benchmarks.rgd_paper --search-seed 1 --stem rgd_paper_search1
   python -m benchmarks.rgd_paper --log-stepsize --stem rgd_paper_logstep
+  python -m benchmarks.rgd_paper --commit-results   # update benchmarks/results/
 """
 
 from __future__ import annotations
@@ -54,9 +56,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -70,8 +69,8 @@ import optax
 from tqdm import tqdm
 
 import relax_optax
+from benchmarks._common import add_output_args, output_path, run_metadata, run_start, write_json
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("CM", "NAG", "RGD")
 ROUNDS = 4  # random-search rounds; each later one samples around the best so far
 
@@ -640,13 +639,14 @@ def main(argv=None) -> dict:
   parser.add_argument(
     "--log-stepsize", action="store_true", help="sample step sizes log-uniformly (not uniformly)"
   )
-  parser.add_argument("--out", type=Path, default=RESULTS)
+  add_output_args(parser, "rgd_paper", directory=True)
   parser.add_argument("--stem", default=None, help="file names (rgd_paper, or rgd_paper_quick)")
   args = parser.parse_args(argv)
 
   names = args.problems or (list(QUICK) if args.quick else list(PROBLEMS))
   budget = args.budget or (16 if args.quick else 512)
   seeds = list(range(2 if args.quick else args.seeds))
+  run_started = run_start()
   start = time.perf_counter()
   results = {"problems": {}}
   with jax.enable_x64(True), tqdm(total=len(names) * len(METHODS), unit="tuning") as bar:
@@ -666,12 +666,6 @@ def main(argv=None) -> dict:
     "search": "seeded uniform random search over the authors' ranges, same budget per method",
     "seeds": seeds,
     "dtype": "float64",
-    "seconds": round(elapsed, 1),
-    "load_average_at_end": os.getloadavg(),
-    "cpu_count": os.cpu_count(),
-    "platform": platform.platform(),
-    "jax": jax.__version__,
-    "optax": optax.__version__,
     "command": "python -m benchmarks.rgd_paper "
     + " ".join(argv if argv is not None else sys.argv[1:]),
   }
@@ -679,11 +673,10 @@ def main(argv=None) -> dict:
   results["best"] = best
   print(text)
   print(f"({elapsed:.0f} s)")
-  args.out.mkdir(parents=True, exist_ok=True)
-  stem = args.stem or ("rgd_paper_quick" if args.quick else "rgd_paper")
-  (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
-  (args.out / f"{stem}.txt").write_text(text + "\n")
-  plot(results, args.out / f"{stem}.png")
+  results["config"] |= run_metadata(run_started)
+  stem = output_path(args) / (args.stem or ("rgd_paper_quick" if args.quick else "rgd_paper"))
+  write_json(stem.with_suffix(".json"), results, indent=1)
+  plot(results, stem.with_suffix(".png"))
   return results
 
 

@@ -23,16 +23,19 @@ Run from the repository root::
 
   python -m benchmarks.spike_guard            # 1500 steps, 3 seeds (about a minute)
   python -m benchmarks.spike_guard --quick    # 300 steps, 1 seed (the test runs this)
+  python -m benchmarks.spike_guard --commit-results   # update benchmarks/results/
+
+Writes ``spike_guard.{json,png}`` under ``benchmarks/results/scratch/``, or with
+``--commit-results`` under ``benchmarks/results/`` (what the documentation shows).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +43,17 @@ import numpy as np
 import optax
 
 import relax_optax
+from benchmarks._common import (
+  add_output_args,
+  digits,
+  historical_clip,
+  output_path,
+  pyplot,
+  run_metadata,
+  run_start,
+  write_json,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SPIKE_LAYER = "w1"  # the first layer's kernel receives the spikes
 KS = (1.5, 2.0, 3.0, 5.0)
 
@@ -50,13 +62,7 @@ KS = (1.5, 2.0, 3.0, 5.0)
 
 
 def load_data(seed: int = 0):
-  from sklearn.datasets import load_digits
-
-  x, y = load_digits(return_X_y=True)
-  x = (x / 16.0).astype(np.float32)
-  rng = np.random.default_rng(seed)
-  order = rng.permutation(len(x))
-  x, y = x[order], y[order].astype(np.int32)
+  x, y = digits(seed)
   n_test = len(x) // 5
   return (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test])
 
@@ -83,37 +89,6 @@ def accuracy(params, x, y):
 
 
 # ----------------------------------------------------------------------------- arms
-
-
-class HistClipState(NamedTuple):
-  """A window of the last update norms (after clipping), as Levanter's."""
-
-  norms: jax.Array  # shape=(window,), dtype=float32.
-  count: jax.Array  # shape=(), dtype=int32: norms recorded.
-
-
-def historical_clip(sigma_factor: float = 2.0, window: int = 128, min_history: int = 10):
-  """A hard clip of the global update norm at mean + sigma_factor·σ of the last norms."""
-
-  def init_fn(params):
-    del params
-    return HistClipState(jnp.zeros(window, jnp.float32), jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None):
-    del params
-    norm = optax.tree.norm(updates)
-    valid = jnp.arange(window) < jnp.minimum(state.count, window)
-    n = jnp.maximum(valid.sum(), 1)
-    mean = jnp.where(valid, state.norms, 0).sum() / n
-    var = jnp.where(valid, (state.norms - mean) ** 2, 0).sum() / n
-    limit = mean + sigma_factor * jnp.sqrt(var)
-    active = state.count >= min_history
-    scale = jnp.where(active & (norm > limit), limit / jnp.maximum(norm, 1e-30), 1.0)
-    updates = jax.tree.map(lambda u: u * scale, updates)
-    norms = state.norms.at[state.count % window].set(norm * scale)
-    return updates, HistClipState(norms, optax.safe_int32_increment(state.count))
-
-  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def arms(lr: float) -> dict[str, optax.GradientTransformation]:
@@ -197,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--lr", type=float, default=3e-3)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--quick", action="store_true", help="300 steps, 1 seed")
-  parser.add_argument("--out", type=Path, default=RESULTS)
+  add_output_args(parser, "spike_guard", directory=True)
   args = parser.parse_args(argv)
   if args.quick:
     args.steps, args.seeds = 300, 1
@@ -207,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   seeds = jnp.arange(args.seeds)
   results: dict[str, Any] = {}
   curves: dict[str, dict[str, list[float]]] = {}
+  run_started = run_start()
   start = time.perf_counter()
   for name, tx in arms(args.lr).items():
     metrics, acc = make_run(tx, train, test, args.steps, args.batch, spikes)(seeds)
@@ -251,8 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     f"{results['adamw']['spikes']['x10000']['height']:.2f}x (worst arm: {worst})"
   )
 
-  args.out.mkdir(parents=True, exist_ok=True)
-  stem = "spike_guard_quick" if args.quick else "spike_guard"
+  stem = output_path(args) / ("spike_guard_quick" if args.quick else "spike_guard")
   payload = {
     "config": {
       "steps": args.steps,
@@ -262,22 +237,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "spikes": {str(k): v for k, v in spikes.items()},
       "spike_layer": SPIKE_LAYER,
       "elapsed_s": elapsed,
-      "jax": jax.__version__,
-      "optax": optax.__version__,
-    },
+    }
+    | run_metadata(run_started),
     "results": results,
     "curves_seed0": curves,
   }
-  (args.out / f"{stem}.json").write_text(json.dumps(payload, separators=(",", ":")))
-  plot(curves, spikes, args.out / f"{stem}.png")
+  write_json(stem.with_suffix(".json"), payload)
+  plot(curves, spikes, stem.with_suffix(".png"))
   return payload
 
 
 def plot(curves: dict, spikes: dict[int, float], path: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   shown = ["adamw", "adamw+clip", "hist-clip", "guard k=2", "guard k=5"]
   fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)

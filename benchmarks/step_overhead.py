@@ -8,7 +8,7 @@ the same pytree one after the other), so that a slow moment of a shared
 machine hits them alike; each variant's time is the median over rounds and
 each ratio is the median of the per-round ratios to ``optax.adam``.
 
-Targets (issue 6): ``per_component`` <= 1.05x ``optax.adam``; ``per_param``
+Targets: ``per_component`` <= 1.05x ``optax.adam``; ``per_param``
 and ``global`` <= 1.35x. A two-pass update must read the updates again after
 their norm is known, so it cannot be a single fused pass like Adam's.
 
@@ -24,10 +24,10 @@ scratch buffer; above glibc's 32 MiB mmap threshold that buffer is returned
 to the OS after every call and its pages are faulted in again on the next
 (~3 ns per float32 entry here, more than Adam's whole step).
 ``relativistic_adam`` computes the same chain; on CPU, for leaves of at least
-2^15 entries, it takes the norm from Adam's update computed a second time
-from the same inputs behind an ``optimization_barrier``
-(``relax_optax/_recipes.py``): one extra reduction pass over the gradient and
-the two moments, and Adam's update is never written. ``temp MB`` is each
+200,000 entries, it takes the norm from Adam's update computed a second time
+from Adam's new moments behind an ``optimization_barrier``
+(``relax_optax/_recipes.py``): one extra reduction pass over the two moments,
+and Adam's update is never written. ``temp MB`` is each
 compiled step's preallocated scratch.
 
 With ``--torch PYTHON`` (an interpreter with torch and relativistic-adam
@@ -37,12 +37,15 @@ timed on the same shapes in a subprocess and reported in ns per parameter.
 Run (one core, as the headline numbers were measured)::
 
   taskset -c 0 python -m benchmarks.step_overhead
+  taskset -c 0 python -m benchmarks.step_overhead --commit-results   # update the docs' data
+
+Writes ``step_overhead.{json,png}`` under ``benchmarks/results/scratch/``, or with
+``--commit-results`` under ``benchmarks/results/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -63,7 +66,14 @@ import numpy as np
 import optax
 
 import relax_optax
-from benchmarks._common import RESULTS, pyplot
+from benchmarks._common import (
+  add_output_args,
+  output_path,
+  pyplot,
+  run_metadata,
+  run_start,
+  write_json,
+)
 
 TARGETS = {"per_component": 1.05, "per_param": 1.35, "global": 1.35}
 
@@ -218,9 +228,10 @@ def main(argv=None) -> None:
     metavar="PYTHON",
     help="interpreter with torch + relativistic-adam for the original",
   )
-  parser.add_argument("--out", type=Path, default=RESULTS / "step_overhead")
+  add_output_args(parser, "step_overhead")
   args = parser.parse_args(argv)
 
+  start = run_start()
   txs = optimizers(args.formulas)
   names = [n for n in txs if n != "adam"]
   affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -260,7 +271,7 @@ def main(argv=None) -> None:
           row.update({f"torch_{k}_ns_per_param": v for k, v in tt.items()})
       rows.append(row)
       print_row(row, names, header=len(rows) == 1)
-  summarise(rows, names, args)
+  summarise(rows, names, args, start)
 
 
 def print_row(row, names, header: bool) -> None:
@@ -275,7 +286,7 @@ def print_row(row, names, header: bool) -> None:
   )
 
 
-def summarise(rows, names, args) -> None:
+def summarise(rows, names, args, start) -> None:
   largest = max(r["size"] for r in rows)
   print("\nRatio to optax.adam at the largest size (median of per-round ratios):")
   print(
@@ -313,23 +324,16 @@ def summarise(rows, names, args) -> None:
         f" {r['adam_ns_per_param']:>10.2f} {r['per_param/lorentz_ms'] / n * 1e6:>14.2f}"
         f" {r['per_component/lorentz_ms'] / n * 1e6:>13.2f}"
       )
-  args.out.parent.mkdir(parents=True, exist_ok=True)
+  out = output_path(args)
   meta = {
-    "jax": jax.__version__,
-    "optax": optax.__version__,
     "xla_flags": os.environ.get("XLA_FLAGS"),
     "rounds": args.rounds,
     "targets": TARGETS,
     "cpu_affinity": sorted(os.sched_getaffinity(0)),
     "shared_scalars": shared_scalars(args.rounds),
-  }
-  args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-  with args.out.with_suffix(".csv").open("w", newline="") as f:
-    keys = [k for k in rows[0] if not k.endswith("_iqr")]
-    w = csv.DictWriter(f, keys, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-  plot(rows, names, args.out.with_suffix(".png"))
+  } | run_metadata(start)
+  write_json(out.with_suffix(".json"), {"meta": meta, "rows": rows}, indent=1)
+  plot(rows, names, out.with_suffix(".png"))
   headline = ", ".join(f"{m} {worst[m]:.2f}x (target {TARGETS[m]:.2f}x)" for m in TARGETS)
   print(f"\nWorst ratio to optax.adam at {largest:.0e} entries: {headline}")
 
@@ -406,7 +410,8 @@ def plot(rows, names, path: Path) -> None:
   fig.suptitle("relativistic_adam step overhead (jit, donated buffers, XLA:CPU, 1 core)")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  print(f"wrote {path} (.json, .csv)")
+  plt.close(fig)
+  print(f"wrote {path} and .json")
 
 
 if __name__ == "__main__":

@@ -27,16 +27,16 @@ extensions = [
   "sphinx.ext.autodoc",
   "sphinx.ext.autosummary",
   "sphinx.ext.doctest",
+  "sphinx.ext.intersphinx",
   "sphinx.ext.mathjax",
   "sphinx.ext.napoleon",
   "sphinx.ext.viewcode",
-  "results_tables",  # docs/_ext: the results pages' tables, read from benchmarks/results
+  "api_check",  # docs/_ext: the build fails if docs/api.md misses a public name
 ]
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-# readme_sections/: README snippets for the repository's README, not pages of the site.
-exclude_patterns = ["_build", "readme_sections", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 
 # MyST: ``` {testcode} blocks run under the doctest builder; $...$ maths; heading anchors
 # so that [text](#some-heading) and [text](page.md#some-heading) resolve.
@@ -59,12 +59,14 @@ autodoc_type_aliases = {
     "optax.Schedule",
     "optax.Updates",
     "optax.GradientTransformation",
-    "Mode",
-    "Formula",
-    "BiasCorrection",
-    "SpeedLimit",
   ]
 }
+# The core's own aliases link to their entries on the API page.
+autodoc_type_aliases |= {
+  name: f"relax_optax.{name}" for name in ["Mode", "Formula", "BiasCorrection", "SpeedLimit"]
+}
+# Signatures one parameter per line, as Optax's reference shows them.
+maximum_signature_line_length = 68
 autodoc_default_options = {"members": True, "undoc-members": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -75,8 +77,8 @@ nitpick_ignore_regex = [
   (r"py:.*", r"(optax|chex|jax|jaxtyping|numpy|np)\..*"),
   (r"py:.*", r"(ArrayLike|DTypeLike|Array|PyTree|Params|Updates|ScalarOrSchedule)"),
   (r"py:.*", r"(Any|Callable|NamedTuple|Sequence|Mapping|collections\.abc\..*|typing\..*)"),
-  (r"py:.*", r"(Mode|Formula|BiasCorrection|AxisName|SpeedLimit)"),  # Literal aliases of the core
   (r"py:class", r"relax_optax\._\w+\..*"),
+  (r"py:class", r"TypeAliasForwardRef"),  # Sphinx's stand-in where an alias meets a default
 ]
 
 # The doctest builder runs ``{testcode}``/``{doctest}`` blocks of the pages and the
@@ -88,10 +90,21 @@ import optax
 import relax_optax
 """
 
+# Links to JAX, Optax and Flax. No network at build time (CI has none): the inventories are
+# committed under docs/_intersphinx/, written by docs/_intersphinx/make_inventories.py for
+# the names these docs use; the links point at the projects' published pages.
+intersphinx_mapping = {
+  "jax": ("https://docs.jax.dev/en/latest/", str(DOCS / "_intersphinx" / "jax.inv")),
+  "optax": ("https://optax.readthedocs.io/en/latest/", str(DOCS / "_intersphinx" / "optax.inv")),
+  "flax": ("https://flax.readthedocs.io/en/latest/", str(DOCS / "_intersphinx" / "flax.inv")),
+}
+
 html_theme = "sphinx_book_theme"
+html_favicon = "_static/favicon.svg"
 html_title = f"relax_optax {release}"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
+html_js_files = ["figures.js"]
 html_theme_options = {
   "navbar_persistent": [],  # one search box (the sidebar's), not a second in a top bar
   "show_toc_level": 2,

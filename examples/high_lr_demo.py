@@ -14,21 +14,21 @@ mode with the default ``lorentz`` formula, and with ``formula="reference"``
 (what relativistic-adam 1.0.0 computes). For comparison, Adam is also tuned
 over a small learning-rate grid and its best run is reported.
 
-Prints a summary table (explosion step, final train and validation loss) and
-writes a five-panel PNG (train loss, validation loss, gradient norm, update
-norm, parameter norm) and a JSON of every curve.
+Prints a summary table (explosion step, final train and validation loss); with
+``--out STEM`` also writes a five-panel PNG (train loss, validation loss, gradient
+norm, update norm, parameter norm) and a JSON of every curve. The recorded results
+the documentation shows are written by ``python -m benchmarks.high_lr``.
 
-Run::
+Run from the repository root::
 
-  python examples/high_lr_demo.py            # ~2 minutes on one CPU core
-  python examples/high_lr_demo.py --steps 300 --seeds 1   # a quick look
+  python -m examples.high_lr_demo            # ~2 minutes on one CPU core
+  python -m examples.high_lr_demo --steps 300 --seeds 1 --out /tmp/high_lr   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,9 +41,7 @@ from flax import nnx
 from tqdm import tqdm
 
 import relax_optax
-
-RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-
+from benchmarks._common import MLP, pyplot, tree_norm, write_json
 
 # ---------------------------------------------------------------------------
 # The task and the model.
@@ -94,19 +92,6 @@ def teacher_student_task(
   )
 
 
-class MLP(nnx.Module):
-  """A deep ReLU MLP (``depth`` linear layers, ReLU between them)."""
-
-  def __init__(self, d_in: int, width: int, d_out: int, depth: int, *, rngs: nnx.Rngs):
-    dims = [d_in] + [width] * (depth - 1) + [d_out]
-    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(dims)])
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for layer in self.layers[:-1]:
-      x = jax.nn.relu(layer(x))
-    return self.layers[-1](x)
-
-
 def init_students(seeds: list[int], d_in: int, d_out: int, *, width: int, depth: int):
   """The graph definition and the parameters of one student per seed, stacked."""
   states = []
@@ -152,10 +137,6 @@ def optimizers(c: float) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-def _tree_norm(tree: Any) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
 def make_trainer(
   graphdef,
   tx: optax.GradientTransformation,
@@ -192,9 +173,9 @@ def make_trainer(
     metrics = {
       "train_loss": loss,
       "val_loss": val,
-      "grad_norm": _tree_norm(grads),
-      "update_norm": _tree_norm(updates),
-      "param_norm": _tree_norm(params),
+      "grad_norm": tree_norm(grads),
+      "update_norm": tree_norm(updates),
+      "param_norm": tree_norm(params),
     }
     return (params, opt_state, key), metrics
 
@@ -326,11 +307,7 @@ def print_table(rows: list[dict], trivial: float, n_seeds: int) -> None:
 
 
 def plot(curves, trivial: float, path: Path, title: str, eval_every: int = 25) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   panels = [
     ("train_loss", "train loss (minibatch)"),
     ("val_loss", "validation loss"),
@@ -367,28 +344,33 @@ def plot(curves, trivial: float, path: Path, title: str, eval_every: int = 25) -
     " median loss is no longer finite)"
   )
   fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=80)
+  plt.close(fig)
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--lr", type=float, default=1.0)
-  parser.add_argument("--speed-limit", type=float, default=0.1)
-  parser.add_argument("--steps", type=int, default=1500)
-  parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--depth", type=int, default=12)
-  parser.add_argument("--width", type=int, default=64)
-  parser.add_argument(
+def parser() -> argparse.ArgumentParser:
+  """The command line (``benchmarks/high_lr.py`` adds where to write the results)."""
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--lr", type=float, default=1.0)
+  p.add_argument("--speed-limit", type=float, default=0.1)
+  p.add_argument("--steps", type=int, default=1500)
+  p.add_argument("--batch", type=int, default=256)
+  p.add_argument("--seeds", type=int, default=3)
+  p.add_argument("--depth", type=int, default=12)
+  p.add_argument("--width", type=int, default=64)
+  p.add_argument(
     "--tuned-lrs",
     type=float,
     nargs="*",
     default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
     help="learning rates of the tuned-Adam reference",
   )
-  parser.add_argument("--out", type=Path, default=RESULTS / "high_lr_demo")
-  args = parser.parse_args(argv)
+  return p
 
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Trains every optimizer, prints the table; returns the results and the curves."""
   task = teacher_student_task(0)
   seeds = list(range(args.seeds))
   graphdef, params0 = init_students(
@@ -457,17 +439,11 @@ def main(argv=None) -> None:
     f" [{best['optimizer']}] val {best['final_val_median']:.3g} | trivial predictor"
     f" {task.trivial_loss:.3g}"
   )
-
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  plot(
-    {k: curves[k] for k in [*txs, best["optimizer"]]},
-    task.trivial_loss,
-    args.out.with_suffix(".png"),
-    f"{args.depth}-layer ReLU MLP, teacher-student regression, lr={args.lr:g}",
-  )
   every = 10  # keep the JSON small: every 10th step of each curve
-  payload = {
-    "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+  config = {k: v for k, v in vars(args).items() if k not in ("out", "commit_results")}
+  config = {k: v for k, v in config.items() if not k.startswith("_")}
+  return {
+    "config": config
     | {"n_params": n_params, "trivial_loss": task.trivial_loss, "seconds": elapsed},
     "summary": rows,
     "curves_every_10_steps_seed0": {
@@ -477,10 +453,31 @@ def main(argv=None) -> None:
       | {"val_loss_every_25": np.round(cv["val_loss"][0, 24::25], 5).tolist()}
       for k, cv in curves.items()
     },
+    "plotted": {k: curves[k] for k in [*txs, best["optimizer"]]},
   }
-  text = json.dumps(payload).replace("NaN", "null").replace("Infinity", "null")
-  args.out.with_suffix(".json").write_text(text)
-  print(f"wrote {args.out.with_suffix('.png')} and .json")
+
+
+def write(results: dict[str, Any], args: argparse.Namespace, stem: Path) -> None:
+  """Writes ``stem.json`` (every summary and curve) and ``stem.png``."""
+  cfg = results["config"]
+  plot(
+    results["plotted"],
+    cfg["trivial_loss"],
+    stem.with_suffix(".png"),
+    f"{args.depth}-layer ReLU MLP, teacher-student regression, lr={args.lr:g}",
+  )
+  write_json(stem.with_suffix(".json"), {k: v for k, v in results.items() if k != "plotted"})
+  print(f"wrote {stem.with_suffix('.png')} and .json")
+
+
+def main(argv=None) -> dict[str, Any]:
+  p = parser()
+  p.add_argument("--out", type=Path, default=None, help="also write OUT.json and OUT.png")
+  args = p.parse_args(argv)
+  results = run(args)
+  if args.out is not None:
+    write(results, args, args.out)
+  return results
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from relax_optax._schedules import speed_limit_warmup as speed_limit_warmup
 from relax_optax._transform import ScaleByRelativisticState as ScaleByRelativisticState
 from relax_optax._transform import scale_by_relativistic as scale_by_relativistic
 
-__version__ = "0.1.0"  # the one place; pyproject.toml reads it from here
+__version__ = "0.2.0.dev0"  # the one place; pyproject.toml reads it from here
 
 __all__ = (
   "BIAS_CORRECTIONS",

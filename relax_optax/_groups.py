@@ -66,20 +66,25 @@ def _limit(speed_limit: jax.typing.ArrayLike, dtype: Any) -> _Limit:
   A ``c`` below the smallest normal number (0, negative or subnormal: a
   traced, injected or scheduled value) gives ``bound = 0`` and so ``v = 0``
   (``1/c`` is then 1, so that the norm stays finite); a NaN ``c`` gives NaN.
-  ``c = inf`` gives ``1/c = 0``: no limit. A finite ``c`` above ``1/tiny``
-  (2^126 ≈ 8.5e37 in float32) is applied as ``1/tiny``: its reciprocal would
-  be subnormal, which XLA:CPU flushes to 0, and the limit would vanish; a
+  ``c = inf`` gives ``1/c = 0``: no limit. A finite ``c`` above ``2^(m-41)``
+  (``m`` the dtype's largest exponent: 2^87 ≈ 1.5e26 in float32) is applied
+  as that number, so that the clamp bound ``B·c`` stays finite and ``1/c``
+  normal (XLA:CPU flushes subnormals to 0, and the limit would vanish); a
   Python ``c`` beyond the dtype's largest number is capped the same way,
-  not rounded to ``inf``.
+  not rounded to ``inf``. Updates are never that large in practice; the
+  bound ``‖v‖ <= c`` holds either way.
   """
   info = jnp.finfo(dtype)
-  cap = 1 / float(info.tiny)  # a power of two: its reciprocal is tiny, exactly
+  cap = 2.0 ** (info.maxexp - 41)  # B·cap = 2^(m-1) < max, and 1/cap is normal
   if isinstance(speed_limit, (int, float)):
     x = float(speed_limit)
     c = jnp.asarray(x if x == math.inf or math.isnan(x) else min(x, cap), dtype)
   else:
     c = jnp.asarray(speed_limit)
-    c = jax.lax.select(c == math.inf, c, jnp.minimum(c, jnp.asarray(cap, c.dtype)))
+    if not jnp.issubdtype(c.dtype, jnp.floating):
+      c = c.astype(dtype)
+    cap_c = min(cap, float(jnp.finfo(c.dtype).max))  # float16's is 65504
+    c = jax.lax.select(c == math.inf, c, jnp.minimum(c, jnp.asarray(cap_c, c.dtype)))
     c = cast(c, dtype)
   zero = c < info.tiny
   inv_c = 1 / jax.lax.select(zero, jnp.ones_like(c), c)
@@ -162,7 +167,11 @@ def _total(values: Sequence[jax.Array]) -> jax.Array:
   return values[0] if len(values) == 1 else jnp.sum(jnp.stack(values))  # one reduction
 
 
-def _leaf_sum(u: jax.Array, lim: _Limit, max_units: jax.Array) -> jax.Array:
+def _leaf_sum(u: jax.Array, lim: _Limit) -> jax.Array:
+  return leaf_sum(u, lim, lim.inv_c, _CLAMP)
+
+
+def leaf_sum(u: jax.Array, lim: _Limit, inv_c: jax.Array, max_units: Any) -> jax.Array:
   """``q = Σ min(|u/c|, B)²`` over one leaf (``u`` in the compute dtype).
 
   For real ``u`` these are the values of ``|z/c|²`` (``z`` the clamped
@@ -171,15 +180,17 @@ def _leaf_sum(u: jax.Array, lim: _Limit, max_units: jax.Array) -> jax.Array:
   written to memory first). The square comes last: XLA rewrites ``(x·k)²`` as
   ``x²·k²``, and ``k² = 1/c²`` overflows for ``c < 1e-19``. Complex ``u`` is
   clamped first: ``inf·(1/c)`` in complex arithmetic is ``inf + NaN·i``.
+  ``inv_c`` and ``max_units`` are ``lim.inv_c`` and ``B``, or the same values
+  passed through an ``optimization_barrier`` (see ``_recipes._recompute``).
   """
   if jnp.iscomplexobj(u):
     u = _clamp(u, lim)
-  return jnp.sum(jnp.square(jnp.minimum(jnp.abs(u * lim.inv_c), max_units)))
+  return jnp.sum(jnp.square(jnp.minimum(jnp.abs(u * inv_c), max_units)))
 
 
-# Recomputes some leaves' updates (equal values, another expression for XLA;
-# None for a leaf not recomputed), for the group norms only; see scale_leaves.
-Recompute = Callable[[], Sequence[jax.Array | None]]
+# Given each leaf's limit, recomputes some leaves' sums q (equal values, from
+# another expression for XLA; None for a leaf not recomputed); see scale_leaves.
+Recompute = Callable[[Sequence[_Limit]], Sequence[jax.Array | None]]
 
 
 def scale_leaves(
@@ -201,10 +212,11 @@ def scale_leaves(
     mode: one of :data:`MODES`.
     formula: one of :data:`FORMULAS`.
     axis_name: as in :func:`relativistic_scale`.
-    recompute: optional; returns, for each leaf, an array equal to it (the
-      same values, computed again by the same code from inputs behind an
-      ``optimization_barrier``) or ``None``, from which the ``global`` /
-      ``per_param`` norms are taken on CPU only (``jax.lax.platform_dependent``). XLA does
+    recompute: optional; given the leaves' limits, returns for each leaf its
+      sum ``q`` (:func:`leaf_sum`) taken from the leaf computed again, by the
+      same expressions from inputs behind an ``optimization_barrier``, or
+      ``None``: the ``global`` / ``per_param`` norms are taken from these on
+      CPU only (``jax.lax.platform_dependent``). XLA does
       not duplicate an expensive producer (Adam's division) for two
       consumers, so when ``u`` feeds both the norm and the step it writes
       ``u`` to memory; on XLA:CPU that costs more than computing ``u`` twice
@@ -242,18 +254,16 @@ def scale_leaves(
     ]
     return [cast(v, u.dtype) for u, v in zip(leaves, out, strict=True)]
 
-  max_units = jnp.asarray(_CLAMP, real)
-
   def sums_of(xs: Sequence[jax.Array]) -> list[jax.Array]:
-    return [_leaf_sum(x, lim, max_units) for x, lim in zip(xs, limits, strict=True)]
+    return [_leaf_sum(x, lim) for x, lim in zip(xs, limits, strict=True)]
 
   if recompute is None:
     sums = sums_of(wide)
   else:
     sums = jax.lax.platform_dependent(
-      cpu=lambda: sums_of(
-        [w if x is None else cast(x, dtype) for x, w in zip(recompute(), wide, strict=True)]
-      ),
+      cpu=lambda: [
+        s if r is None else r for r, s in zip(recompute(limits), sums_of(wide), strict=True)
+      ],
       default=lambda: sums_of(wide),
     )
   sharded = _sharded_flags(leaves, axis_name)
@@ -348,7 +358,7 @@ def relativistic_scale(
   ``lorentz`` and ``tanh`` are differentiable everywhere, including at
   ``u = 0``. ``c = 0`` (for example a schedule that starts at 0), and a
   traced ``c`` below the smallest normal number, gives ``v = 0``; a finite
-  ``c`` above ``2^126 ≈ 8.5e37`` (float32) acts as ``2^126``.
+  ``c`` above ``2^87 ≈ 1.5e26`` (float32) acts as ``2^87``.
 
   Differences from relativistic-adam 1.0.0: its formula is ``reference``
   (not continuous, not monotone: an update just under the limit is almost

@@ -29,6 +29,23 @@ def step_size_correction(
   return jnp.sqrt(one_minus_power(b2, t)) / one_minus_power(b1, t)
 
 
+def step_size_update(
+  m: jax.Array,
+  v: jax.Array,
+  step_size: jax.Array,
+  eps: jax.typing.ArrayLike,
+  eps_root: jax.typing.ArrayLike,
+) -> jax.Array:
+  """One leaf's step from the new moments ``m``, ``v`` (or AMSGrad's maximum).
+
+  ``step_size * (exp_avg / (exp_avg_sq.sqrt() + eps))``: eps before the
+  correction, as relativistic-adam 1.0.0; ``step_size`` is
+  :func:`step_size_correction` at the new count.
+  """
+  direction = m / (jnp.sqrt(v + eps_root) + eps)
+  return (step_size * direction).astype(direction.dtype)
+
+
 def scale_by_adam_step_size_correction(
   b1: jax.typing.ArrayLike,
   b2: jax.typing.ArrayLike,
@@ -72,14 +89,11 @@ def scale_by_adam_step_size_correction(
     else:
       denom_nu = nu
     step_size = step_size_correction(b1, b2, count_inc)
-
-    def step(m, v):
-      # step_size * (exp_avg / (exp_avg_sq.sqrt() + eps)): eps before correction.
-      direction = m / (jnp.sqrt(v + eps_root) + eps)
-      return (step_size * direction).astype(direction.dtype)
-
     updates = jax.tree.map(
-      lambda m, v: None if m is None else step(m, v), mu, denom_nu, is_leaf=lambda x: x is None
+      lambda m, v: None if m is None else step_size_update(m, v, step_size, eps, eps_root),
+      mu,
+      denom_nu,
+      is_leaf=lambda x: x is None,
     )
     mu = optax.tree_utils.tree_cast(mu, mu_dtype)
     if amsgrad:

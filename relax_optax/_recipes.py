@@ -8,23 +8,29 @@ computes on CPU: :func:`speed_limited_chain`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from relax_optax._formulas import Formula
 from relax_optax._groups import (
   AxisName,
   Mode,
+  Recompute,
   array_leaves,
+  cast,
   check_mode_and_formula,
   check_speed_limit,
+  leaf_sum,
 )
 from relax_optax._pytorch import (
   BIAS_CORRECTIONS,
   BiasCorrection,
   scale_by_adam_step_size_correction,
+  step_size_correction,
+  step_size_update,
 )
 from relax_optax._relative import RelativeSpeedLimit, check_relative_speed_limit, relative_limit
 from relax_optax._transform import Limit, limit_transform, scaling_limit
@@ -40,106 +46,166 @@ from relax_optax._validation import (
 # A fixed speed limit (a scalar or a schedule) or one relative to the run's own norms.
 SpeedLimit = Union[optax.ScalarOrSchedule, RelativeSpeedLimit]  # noqa: UP007 (autodoc alias)
 
-# On CPU, leaves from this many entries (128 KiB in float32) recompute their
-# update for the norm, each in a program of its own behind its own barrier;
-# smaller leaves take the norm from the update, as the plain chain does. What
-# writing the update to memory costs grows with the leaf, while recomputing
-# it costs compile time per leaf whatever its size (a second copy of Adam's
-# update in the HLO): below this size compile time wins. A barrier per leaf,
-# not one for all: XLA:CPU runs large reductions in YNNPACK kernels, and when
-# several of them read one scalar (the bias corrections, the learning rate,
-# 1/c) it materialises that scalar's broadcast as a full leaf-sized array,
-# written every step and read by each of them (measured by
-# benchmarks/step_overhead.py: the norms' reduction over 8 leaves 1.3x faster
-# with a barrier each at 256 x 256, 1.55x at 1024 x 1024).
-RECOMPUTE_MIN_SIZE = 2**15
+# On CPU, leaves from this many entries recompute Adam's update for the norm;
+# smaller leaves take the norm from the update, as the plain chain does.
+# Measured by benchmarks/backend_paths.py (1e7 parameters, mode="global", one
+# core): in leaves of 2.5e6, 6.3e5 and 2.5e5 entries the chain's step costs
+# 4.5x, 3.5x and 3.5x optax.adam's and the recompute's 2.0x; in leaves of
+# 1.6e5 and 3.9e4 entries the chain's costs 1.7x and 1.6x and the recompute's
+# 2.1x and 1.9x. Below this size the recompute would also cost compile time
+# for nothing (a second copy of Adam's last step in the HLO).
+RECOMPUTE_MIN_SIZE = 200_000
 
 
-def _slice(tree: Any, treedef: Any, take: Sequence[int]) -> Any:
-  """The sub-trees of ``tree`` shaped like the updates, cut to the array leaves
-  at ``take`` (a list); everything else (step counts, empty states) as it is."""
+class AdamSpec(NamedTuple):
+  """Which Adam (and learning rate) the recipe chains, to compute its step again."""
 
-  def shaped_like_updates(x: Any) -> bool:
-    return array_leaves(x)[1] == treedef
+  kind: str  # "adam" (optax.scale_by_adam), "amsgrad" (optax.scale_by_amsgrad), "step_size"
+  b1: Any
+  b2: Any
+  eps: Any
+  eps_root: Any
+  nesterov: bool
+  amsgrad: bool
+  learning_rate: optax.ScalarOrSchedule
 
-  def cut(x: Any) -> Any:
-    if not shaped_like_updates(x):
-      return x
-    leaves = array_leaves(x)[0]
-    return [leaves[i] for i in take]
 
-  return jax.tree.map(cut, tree, is_leaf=shaped_like_updates)
+def _adam_step_again(spec: AdamSpec, state: Any, g: jax.Array | None, x: dict) -> jax.Array:
+  """One leaf's Adam update from its *new* moments, as the part computed it.
+
+  ``state`` holds the leaf's new moments and step count, ``g`` the gradient
+  Adam received (Nesterov only), ``x`` the hyperparameters as arrays. The
+  expressions are the last lines of ``optax.scale_by_adam`` /
+  ``optax.scale_by_amsgrad`` (Optax's public ``tree_bias_correction`` and the
+  same division) and of
+  :func:`~relax_optax._pytorch.scale_by_adam_step_size_correction`: the same
+  values, to the rounding XLA may give one expression in two fusions
+  (``tests/test_numerics.py`` holds the two to that).
+  """
+  b1, b2, eps, eps_root = spec.b1, spec.b2, x["eps"], x.get("eps_root", 0.0)
+  count = state.count
+  nu = state.nu_max if spec.amsgrad else state.nu
+  if spec.kind == "step_size":
+    return step_size_update(state.mu, nu, step_size_correction(b1, b2, count), eps, eps_root)
+  correct = optax.tree_utils.tree_bias_correction
+  if spec.nesterov:
+    m_next = correct(state.mu, b1, optax.safe_increment(count))
+    m = x["b1"] * m_next + x["1-b1"] * correct(g, b1, count)
+  else:
+    m = correct(state.mu, b1, count)
+  v = nu if spec.amsgrad else correct(nu, b2, count)
+  return m / (jnp.sqrt(v + eps_root) + eps)
+
+
+def _leaf_state(state: Any, j: int) -> Any:
+  """The ``j``-th array leaf of each moment of an Adam state, and its count."""
+
+  def leaf(tree: Any) -> jax.Array:
+    leaves, _, positions = array_leaves(tree)
+    return leaves[positions[j]]
+
+  fields = {name: leaf(x) for name, x in state._asdict().items() if name != "count"}
+  return type(state)(count=state.count, **fields)
 
 
 def _recompute(
-  before: Sequence[optax.GradientTransformationExtraArgs],
+  spec: AdamSpec,
+  pre: Sequence[optax.GradientTransformationExtraArgs],
+  pre_states: Sequence[optax.OptState],
+  lr: optax.GradientTransformationExtraArgs,
+  lr_state: optax.OptState,
   grads: optax.Updates,
-  states: Sequence[optax.OptState],
   params: optax.Params | None,
+  adam_state: Any,
   extra_args: dict[str, Any],
-) -> Callable[[], list[jax.Array | None]] | None:
-  """The updates that ``before`` gives, computed again by the same code, for
-  the leaves of at least :data:`RECOMPUTE_MIN_SIZE` entries (``None`` for the
-  others); ``None`` if there are none.
+) -> Recompute | None:
+  """The group-norm sums of the leaves of at least :data:`RECOMPUTE_MIN_SIZE`
+  entries, from Adam's update times the learning rate computed again from
+  Adam's new moments (``None`` for the other leaves); ``None`` if none is
+  that large.
 
-  Each large leaf's inputs (its gradient, its slices of the states, its
-  parameter) pass through ``jax.lax.optimization_barrier`` first: the values
-  are the same, but XLA cannot merge the two computations (common
-  subexpression elimination), so the norm's reduction computes the update
-  itself instead of reading a copy written to memory.
+  Each large leaf's inputs (its new moments, the step count, the learning
+  rate and its state, every constant its reduction multiplies or adds by,
+  and its gradient and parameter for Nesterov) pass through one
+  ``jax.lax.optimization_barrier`` of its own: the same values, but XLA can
+  neither merge the two computations (common subexpression elimination: the
+  norm's reduction then computes the update itself, from moments in memory
+  anyway, instead of reading a copy written there) nor share a constant's
+  broadcast between leaves (XLA:CPU materialises a broadcast that several of
+  its YNNPACK reductions read as a leaf-sized array).
   """
-  leaves, treedef, positions = array_leaves(grads)
+  leaves, _, positions = array_leaves(grads)
   large = [j for j, i in enumerate(positions) if leaves[i].size >= RECOMPUTE_MIN_SIZE]
-  if not large:
+  moments = [array_leaves(x) for x in (adam_state.mu, adam_state.nu)]
+  if not large or any(len(p) != len(positions) for _, _, p in moments):
     return None
+  param_leaves = None if params is None else array_leaves(params)
+  constant_lr = not callable(spec.learning_rate)
 
-  def run(inputs: Any) -> list[jax.Array]:
-    g, s, p = jax.lax.optimization_barrier(inputs)
-    for part, state in zip(before, s, strict=True):
-      g, _ = part.update(g, state, p, **extra_args)
-    return [x for x in jax.tree.leaves(g) if x is not None]
+  def one(j: int, lim: Any) -> jax.Array:
+    g = leaves[positions[j]]
+    p = None if param_leaves is None else param_leaves[0][param_leaves[2][j]]
+    x = {
+      "eps": jnp.asarray(spec.eps),
+      "inv_c": lim.inv_c,
+      "units": jnp.asarray(2.0**40, lim.inv_c.dtype),
+      **({} if _is_python_zero(spec.eps_root) else {"eps_root": jnp.asarray(spec.eps_root)}),
+      **({"b1": jnp.asarray(spec.b1), "1-b1": jnp.asarray(1 - spec.b1)} if spec.nesterov else {}),
+      **({"lr": jnp.asarray(spec.learning_rate)} if constant_lr else {}),
+    }
+    inputs = (_leaf_state(adam_state, j), g, p, tuple(pre_states), lr_state, x)
+    state, g, p, pre_s, lr_s, x = jax.lax.optimization_barrier(inputs)
+    if spec.nesterov:  # the gradient Adam received
+      for part, s in zip(pre, pre_s, strict=True):
+        g, _ = part.update(g, s, p, **extra_args)
+    u = _adam_step_again(spec, state, g if spec.nesterov else None, x)
+    if constant_lr:  # the same part, its constant behind the barrier
+      u = optax.scale_by_learning_rate(x["lr"]).update(u, optax.EmptyState())[0]
+    else:
+      u = lr.update(u, lr_s, p, **extra_args)[0]
+    u = cast(u, jnp.promote_types(u.dtype, lim.inv_c.dtype))
+    return leaf_sum(u, lim, x["inv_c"], x["units"])
 
-  def recompute() -> list[jax.Array | None]:
+  def recompute(limits: Sequence[Any]) -> list[jax.Array | None]:
     out: list[jax.Array | None] = [None] * len(positions)
-    if len(positions) == 1:  # the tree is the leaf: nothing to cut
-      out[0] = run((grads, tuple(states), params))[0]
-      return out
     for j in large:
-      take = [positions[j]]
-      inputs = (
-        [leaves[i] for i in take],
-        _slice(tuple(states), treedef, take),
-        None if params is None else _slice(params, treedef, take),
-      )
-      out[j] = run(inputs)[0]
+      out[j] = one(j, limits[j])
     return out
 
   return recompute
 
 
+def _is_python_zero(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
+
+
 def speed_limited_chain(
-  before: Sequence[optax.GradientTransformation],
+  pre: Sequence[optax.GradientTransformation],
+  adam: optax.GradientTransformation,
+  lr: optax.GradientTransformation,
   limit: Limit,
   after: Sequence[optax.GradientTransformation],
   mode: str,
+  spec: AdamSpec | None,
 ) -> optax.GradientTransformationExtraArgs:
-  """``optax.chain(*before, limit, *after)``: the same state and the same values.
+  """``optax.chain(*pre, adam, lr, limit, *after)``: the same state and values.
 
-  For the ``global`` and ``per_param`` norms, the chain reads the update that
-  ``before`` produces twice, and XLA writes it to memory between the two
-  reads: on XLA:CPU, with leaves of millions of entries, that costs several
-  times Adam's step (``benchmarks/step_overhead.py``). There, and only there
-  (``jax.lax.platform_dependent``), the norms are taken from the update
-  computed a second time by the same parts from the same inputs, so that the
-  update has one reader and fuses into the parameter update. Both ways give
-  the same numbers, to the rounding XLA may differ by between two fusions.
+  For the ``global`` and ``per_param`` norms, the chain reads Adam's update
+  twice, and XLA writes it to memory between the two reads: on XLA:CPU, with
+  leaves of millions of entries, that costs several times Adam's step
+  (``benchmarks/step_overhead.py``). There, and only there
+  (``jax.lax.platform_dependent``), the norms of large leaves are taken from
+  the update computed a second time from Adam's new moments
+  (:func:`_recompute`), so that the update has one reader and fuses into the
+  parameter update. ``spec=None`` (e.g. a first moment stored in ``mu_dtype``,
+  rounded) runs the plain chain everywhere.
   """
-  parts = [*before, limit_transform(limit), *after]
+  parts = [*pre, adam, lr, limit_transform(limit), *after]
   chain = optax.chain(*parts)
-  if mode == "per_component":  # one pass already: no norm reads the update
+  if mode == "per_component" or spec is None:  # no norm reads the update twice
     return chain
   parts = [optax.with_extra_args_support(p) for p in parts]
-  n = len(before)
+  n = len(pre)
 
   def update_fn(updates, state, params=None, **extra_args):
     if len(state) != len(parts):
@@ -148,10 +214,15 @@ def speed_limited_chain(
     for part, s in zip(parts[:n], state[:n], strict=True):
       updates, s = part.update(updates, s, params, **extra_args)
       new_state.append(s)
-    recompute = _recompute(parts[:n], grads, state[:n], params, extra_args)
-    updates, s = limit.update(updates, state[n], recompute)
+    updates, adam_state = parts[n].update(updates, state[n], params, **extra_args)
+    updates, lr_state = parts[n + 1].update(updates, state[n + 1], params, **extra_args)
+    new_state += [adam_state, lr_state]
+    recompute = _recompute(
+      spec, parts[:n], state[:n], parts[n + 1], state[n + 1], grads, params, adam_state, extra_args
+    )
+    updates, s = limit.update(updates, state[n + 2], recompute)
     new_state.append(s)
-    for part, s in zip(parts[n + 1 :], state[n + 1 :], strict=True):
+    for part, s in zip(parts[n + 3 :], state[n + 3 :], strict=True):
       updates, s = part.update(updates, s, params, **extra_args)
       new_state.append(s)
     return updates, tuple(new_state)
@@ -208,15 +279,22 @@ def _adam_parts(
   nesterov: bool,
   amsgrad: bool,
   bias_correction: str,
-) -> list[optax.GradientTransformation]:
-  """Adam's step times the learning rate, as two Optax parts."""
+) -> tuple[optax.GradientTransformation, optax.GradientTransformation, AdamSpec | None]:
+  """Adam's step and the learning rate as two Optax parts, and their spec
+  (``None`` with ``mu_dtype``: the state then holds the first moment rounded,
+  not the one Adam's step used, so the step cannot be computed again)."""
   if bias_correction == "step_size":
-    moments = scale_by_adam_step_size_correction(b1, b2, eps, eps_root, mu_dtype, amsgrad)
+    adam = scale_by_adam_step_size_correction(b1, b2, eps, eps_root, mu_dtype, amsgrad)
+    kind = "step_size"
   elif amsgrad:
-    moments = optax.scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype)
+    adam = optax.scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype)
+    kind = "amsgrad"
   else:
-    moments = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
-  return [moments, optax.scale_by_learning_rate(learning_rate)]
+    adam = optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+    kind = "adam"
+  spec = AdamSpec(kind, b1, b2, eps, eps_root, nesterov, amsgrad, learning_rate)
+  spec = None if mu_dtype is not None else spec
+  return adam, optax.scale_by_learning_rate(learning_rate), spec
 
 
 def _limit(speed_limit: SpeedLimit, mode: str, formula: str, axis_name: AxisName | None) -> Limit:
@@ -258,10 +336,11 @@ def relativistic_adam(
   with ``optax.scale_by_amsgrad`` for ``amsgrad=True``, Adam with the bias
   correction on the step size for ``bias_correction="step_size"``, and
   :func:`relax_optax.scale_by_relative_speed_limit` for a
-  :class:`relax_optax.RelativeSpeedLimit`. Same state, same updates: on CPU
-  the ``global`` / ``per_param`` norms are taken from Adam's update computed a
-  second time rather than from a copy written to memory (a faster step with
-  large leaves), which changes no value. For ``speed_limit`` much larger
+  :class:`relax_optax.RelativeSpeedLimit`. Same state, same updates: on CPU,
+  for leaves of at least 200,000 entries, the ``global`` / ``per_param``
+  norms are taken from Adam's update computed a second time from its new
+  moments rather than from a copy written to memory (a 2x faster step with
+  such leaves), which changes no value beyond rounding. For ``speed_limit`` much larger
   than the updates it equals ``optax.adam``.
 
   Differences from relativistic-adam 1.0.0 (PyTorch), each with the option
@@ -351,11 +430,12 @@ def relativistic_adam(
     bias_correction=bias_correction,
     weight_decay=weight_decay,
   )
-  before = [] if weight_decay is None else [optax.add_decayed_weights(weight_decay)]
-  before += _adam_parts(
+  pre = [] if weight_decay is None else [optax.add_decayed_weights(weight_decay)]
+  adam, lr, spec = _adam_parts(
     learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad, bias_correction
   )
-  return speed_limited_chain(before, _limit(speed_limit, mode, formula, axis_name), [], mode)
+  limit = _limit(speed_limit, mode, formula, axis_name)
+  return speed_limited_chain(pre, adam, lr, limit, [], mode, spec)
 
 
 def _decay_after_update(
@@ -463,8 +543,9 @@ def relativistic_adamw(
   )
   if weight_decay is None:
     raise TypeError("weight_decay must be a real scalar or a schedule, got None.")
-  before = _adam_parts(
+  adam, lr, spec = _adam_parts(
     learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad, bias_correction
   )
+  limit = _limit(speed_limit, mode, formula, axis_name)
   after = [_decay_after_update(learning_rate, weight_decay, mask)]
-  return speed_limited_chain(before, _limit(speed_limit, mode, formula, axis_name), after, mode)
+  return speed_limited_chain([], adam, lr, limit, after, mode, spec)

@@ -123,10 +123,17 @@ def check_scalar_or_schedule(name: str, value: Any, **bounds: Any) -> None:
 def check_decay(name: str, value: Any) -> None:
   """A decay rate in [0, 1) that stays below 1 in float32.
 
-  Optax computes ``1 - decay^t`` with ``decay`` in the parameters' dtype (at
-  least float32 here): a ``decay`` that rounds to 1.0 there (``1 - 3e-8`` or
-  closer) would freeze the statistics and divide by zero, so it is refused.
+  Optax computes ``1 - decay^t`` with ``decay`` in at least float32: a
+  ``decay`` that rounds to 1.0 there (``1 - 3e-8`` or closer) would freeze the
+  statistics and divide by zero, so it is refused. The one exception is an
+  array of a dtype narrower than float32 (bfloat16, float16), which is how
+  ``optax.inject_hyperparams`` passes hyperparameters for such parameters
+  (``0.999`` is 1.0 in bfloat16): it is accepted up to 1, and then behaves
+  as it does in ``optax.adam``.
   """
+  if _is_array(value) and jnp.issubdtype(value.dtype, jnp.floating) and value.dtype.itemsize < 4:
+    check_scalar(name, value, lower=0.0, upper=1.0)
+    return
   check_scalar(name, value, lower=0.0, upper=1.0, upper_open=True)
   x = concrete_float(value)
   if x is not None and np.float32(x) >= 1:

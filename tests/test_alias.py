@@ -485,3 +485,15 @@ class TestRegressions:
     # Adam's first step is -lr·sign(g) per entry; ‖u‖/c = 1e5·sqrt(n): at the limit.
     for u in jax.tree.leaves(updates):
       assert 0 < np.linalg.norm(np.asarray(u, np.float64)) <= 1e-35 * (1 + 1e-5)
+
+  def test_adamw_weight_decay_schedule(self):
+    # Was a TypeError at construction ("float * function").
+    wd = optax.linear_schedule(0.5, 0.0, 4)
+    params = {"w": jnp.ones(2)}
+    tx = relax_optax.relativistic_adamw(0.1, weight_decay=wd, speed_limit=HUGE)
+    state, p = tx.init(params), params
+    for t in range(3):
+      u, state = tx.update({"w": jnp.zeros(2)}, state, p)
+      new = optax.apply_updates(p, u)
+      chex.assert_trees_all_close(new["w"], p["w"] * (1 - 0.1 * wd(t)), rtol=1e-6)
+      p = new

@@ -175,6 +175,7 @@ def test_notebook_data_file_matches_the_tasks():
   assert NOTEBOOK["identity"].final[1] == [[-1.0872], [0.9957]]
 
 
+@pytest.mark.smoke
 def test_example_command_line_prints_the_notebook_comparison(capsys):
   # Fewer steps than a chunk: the chunked scan (slow to compile) is tested above.
   results = circuits.main(["--task", "identity", "--steps", "10", "--log-every", "5", "--no-pin"])
@@ -185,6 +186,7 @@ def test_example_command_line_prints_the_notebook_comparison(capsys):
   assert "| identity | 10 |" in printed
 
 
+@pytest.mark.smoke
 def test_harness_command_line_runs_and_writes_json(tmp_path, capsys):
   out = tmp_path / "r.json"
   harness.main(
@@ -214,6 +216,7 @@ def test_harness_command_line_runs_and_writes_json(tmp_path, capsys):
   )
 
 
+@pytest.mark.smoke
 def test_harness_seeds_plot_and_json_overlay(tmp_path, capsys):
   pytest.importorskip("matplotlib")
   out = tmp_path / "s.json"
@@ -235,6 +238,11 @@ def test_harness_seeds_plot_and_json_overlay(tmp_path, capsys):
     ]
   )
   assert "| add | 8 |" in capsys.readouterr().out
-  assert json.loads(out.read_text())["seeds"] == 2
+  data = json.loads(out.read_text())
+  assert data["seeds"] == 2
+  mse = np.asarray(data["tasks"]["add"]["test_mse"], float)
+  assert mse.shape == (2, 2)  # (seeds, logged steps 0 and 8)
+  assert not np.allclose(mse[0], mse[1])  # two initialisations, two different runs
   harness.main(["--plot-json", str(out), "--plot", str(tmp_path / "o.png")])
-  assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "o.png").stat().st_size > 0
+  for png in ("s.png", "o.png"):
+    assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

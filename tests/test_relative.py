@@ -8,6 +8,7 @@ point. The ``shard_map`` check runs in a child process with 4 CPU devices.
 
 from __future__ import annotations
 
+import fractions
 import json
 import os
 import subprocess
@@ -635,3 +636,39 @@ def test_spike_guard_quick(tmp_path):
   step = out["results"]["adamw"]["spikes"]["x10000"]["step"]
   curves = out["curves_seed0"]
   assert curves["guard k=2"]["update_norm_w1"][step] < curves["adamw"]["update_norm_w1"][step]
+
+
+# ---------------------------------------------------------------------------
+# Edges found by adversarial testing, each failing before its fix.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["global", "per_param"])
+def test_a_spike_during_the_warmup_moves_the_limit_as_little_as_after_it(mode):
+  k, decay, warmup = 2.0, 0.99, 20
+  tx = relax_optax.scale_by_relative_speed_limit(k, decay=decay, warmup_steps=warmup, mode=mode)
+  u = {"w": jnp.asarray([0.3, -0.4])}  # norm 0.5
+  state = tx.init(u)
+  update = jax.jit(tx.update)
+  for t in range(warmup + 40):
+    spike = t == 5  # inside the warm-up
+    before = jax.tree.leaves(state.nu)[0]
+    _, state = update(jax.tree.map(lambda x, s=spike: x * (1e6 if s else 1.0), u), state)
+    after = jax.tree.leaves(state.nu)[0]
+    if spike:
+      w = (1 - decay) / (1 - decay ** (t + 1))
+      # The documented bound: the next limit rises by at most sqrt(1 + w·k²).
+      assert float(after) <= float(before) * (1 + w * k * k) * (1 + 1e-5)
+  # Was 5e3x too large 60 steps in; the limit is back near k times the norm.
+  c = np.sqrt((1 + k * k) * float(jax.tree.leaves(state.nu)[0]))
+  assert c < 2 * k * 0.5
+
+
+def test_integer_and_decay_arguments_that_failed_only_at_the_first_update():
+  make = relax_optax.scale_by_relative_speed_limit
+  with pytest.raises(ValueError, match=r"warmup_steps must be an integer in \[0, 2147483647\]"):
+    make(2.0, warmup_steps=2**40)  # int32 overflow at the first update
+  with pytest.raises(ValueError, match="decay must be below 1 in float32"):
+    make(2.0, decay=0.9999999999)  # 1.0 in float32: frozen statistics
+  with pytest.raises(TypeError, match="k must be a real scalar"):
+    make(fractions.Fraction(2, 1))

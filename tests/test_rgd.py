@@ -8,6 +8,8 @@ The independent expectation is a NumPy transcription of the authors' code
 
 from __future__ import annotations
 
+import decimal
+import fractions
 import json
 import math
 
@@ -757,3 +759,24 @@ def test_paper_benchmark_quick_json(tmp_path):
       entry = problem["tuned"][method]
       assert set(entry) >= {"params", "final_f", "iters_to_tol", "curve", "seeds"}
       assert len(entry["curve"]) == problem["iterations"] + 1
+
+
+def test_arguments_that_failed_only_at_the_first_update():
+  with pytest.raises(TypeError, match="learning_rate must be a real scalar"):
+    relax_optax.rgd(fractions.Fraction(1, 10))  # was accepted, then failed in jnp
+  with pytest.raises(TypeError, match="momentum must be a real scalar"):
+    relax_optax.rgd(0.1, momentum=decimal.Decimal("0.9"))
+
+
+@pytest.mark.parametrize("alpha", [None, 1.0])
+def test_complex_velocity_overflow_stays_finite(alpha):
+  # jnp.clip on complex raised; each component is now clipped to the finite range.
+  tx = relax_optax.rgd(1e30, momentum=0.9, speed_limit=0.5, alpha=alpha)
+  params = jnp.asarray([0.0j, 1.0 + 1.0j], jnp.complex64)
+  state = tx.init(params)
+  g = jnp.asarray([1e20 + 1e20j, 1.0 - 2.0j], jnp.complex64)
+  for _ in range(3):
+    updates, state = jax.jit(tx.update)(g, state, params)
+    params = optax.apply_updates(params, updates)
+  assert np.isfinite(np.asarray(params)).all()
+  assert np.isfinite(np.asarray(state.velocity)).all()

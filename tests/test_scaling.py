@@ -458,3 +458,56 @@ def test_speed_limit_inf_is_the_identity():
     for formula in FORMULAS:
       out = relax_optax.relativistic_scale(u, float("inf"), mode=mode, formula=formula)
       chex.assert_trees_all_equal(out, u)
+
+
+# ---------------------------------------------------------------------------
+# Edges found by adversarial testing, each failing before its fix.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(), (1,)])
+@pytest.mark.parametrize(
+  "u, c, want",
+  [
+    (0.0, 1e-20, 0.0),  # was NaN under jit: (z·k)² rewritten as z²·k², k² = inf
+    (1.0, 1e-20, 1e-20),  # was 0
+    (1e30, 1e20, 1e20),  # was NaN
+    (1e19, 1e19, 1e19 / math.sqrt(2)),  # was not scaled at all (k² flushed to 0)
+  ],
+)
+def test_per_component_far_from_one_under_jit(shape, u, c, want):
+  x = jnp.full(shape, u, jnp.float32)
+  v = jax.jit(lambda x: relax_optax.relativistic_scale(x, c, mode="per_component"))(x)
+  np.testing.assert_allclose(np.asarray(v, np.float64), np.full(shape, want), rtol=1e-6)
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+def test_per_component_gradient_at_zero_is_one(formula):
+  def f(x):
+    return relax_optax.relativistic_scale(x, 1e-20, mode="per_component", formula=formula).sum()
+
+  for shape in [(), (1,)]:
+    g = jax.jit(jax.grad(f))(jnp.zeros(shape))
+    np.testing.assert_allclose(np.asarray(g), np.ones(shape))  # was NaN
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("c", [9e37, 3e38, 1e39, 1e300])
+def test_a_huge_speed_limit_still_limits(mode, c):
+  # 1/c was flushed to 0 for c above 8.5e37 (the limit vanished: NaN or u passed
+  # through), and a Python c above float32's range became inf.
+  u = jnp.asarray([jnp.inf, 1.0, -3e38])
+  v = np.asarray(jax.jit(lambda u: relax_optax.relativistic_scale(u, c, mode=mode))(u))
+  assert np.isfinite(v).all()
+  norm = np.abs(v).max() if mode == "per_component" else np.linalg.norm(v.astype(np.float64))
+  assert 0 < norm <= min(c, 2.0**87) * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_complex_infinite_entry_saturates_in_eager_mode_too(mode):
+  u = {"z": jnp.asarray([jnp.inf + 0j, 1 + 1j, 0j], jnp.complex64)}
+  for fn in (lambda u: relax_optax.relativistic_scale(u, 1.0, mode=mode), None):
+    out = (fn or jax.jit(lambda u: relax_optax.relativistic_scale(u, 1.0, mode=mode)))(u)["z"]
+    out = np.asarray(out)
+    assert np.isfinite(out).all()  # was NaN (inf·(1/c) is inf + NaN·i) without jit
+    np.testing.assert_allclose(out[0], 1.0, rtol=1e-6)

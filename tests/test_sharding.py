@@ -391,7 +391,6 @@ def check_shard_map_axis_name_reduces_global_norm():
 def check_relativistic_adam_axis_name_in_shard_map():
   """``relativistic_adam(axis_name=...)`` inside ``shard_map`` equals one device.
 
-  Both ways of taking the norms (from Adam's moments, and the plain chain),
   ``global`` and ``per_param``, with AdamW's decoupled decay and a schedule.
   """
   import chex
@@ -439,6 +438,45 @@ def check_relativistic_adam_axis_name_in_shard_map():
         chex.assert_trees_all_close(un, u1, rtol=2e-5, atol=1e-8)
         p1, pn = optax.apply_updates(p1, u1), optax.apply_updates(pn, un)
       chex.assert_trees_all_close(pn, p1, rtol=2e-5, atol=1e-7)
+
+
+@_check
+def check_rgd_axis_name_in_shard_map():
+  """``rgd(axis_name=...)`` inside ``shard_map`` equals one device (both forms)."""
+  import chex
+  import jax
+  import optax
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  import relax_optax
+
+  mesh = _mesh((8,), ("fsdp",))
+  specs = _fsdp_specs()
+  params = _uneven_updates()
+  for kwargs in (dict(mode="global"), dict(mode="per_param", alpha=0.5)):
+    single = relax_optax.rgd(0.3, momentum=0.9, speed_limit=0.05, **kwargs)
+    multi = relax_optax.rgd(0.3, momentum=0.9, speed_limit=0.05, axis_name="fsdp", **kwargs)
+    state1 = single.init(params)
+    shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("fsdp") if x.ndim else P()))
+    staten = jax.tree.map(shard, state1)
+    state_specs = jax.tree.map(lambda x: x.sharding.spec, staten)
+    step = jax.jit(
+      jax.shard_map(
+        multi.update,
+        mesh=mesh,
+        in_specs=(specs, state_specs, specs),
+        out_specs=(specs, state_specs),
+      )
+    )
+    to_mesh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    p1, pn = params, jax.device_put(params, to_mesh)
+    for i in range(3):
+      grads = jax.tree.map(lambda u, i=i: u * (i + 1.0), params)
+      u1, state1 = single.update(grads, state1, p1)
+      un, staten = step(jax.device_put(grads, to_mesh), staten, pn)
+      chex.assert_trees_all_close(un, u1, rtol=2e-5, atol=1e-8)
+      p1, pn = optax.apply_updates(p1, u1), optax.apply_updates(pn, un)
 
 
 @_check

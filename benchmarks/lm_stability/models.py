@@ -1,23 +1,14 @@
-"""The byte-level corpus and the small decoder-only transformer of ``lm_stability.py``.
-
-The corpus is the Python standard library's own ``.py`` sources, which every
-Python installation has on disk: sorted by path, test packages and
-``site-packages`` excluded, split into training and validation by file (every
-``val_every``-th file is validation), bytes joined with a NUL separator.
+"""The small decoder-only transformer of the study, and its loss.
 
 The model follows Wortsman et al. (2023), "Small-scale proxies for large-scale
 Transformer training instabilities": pre-LayerNorm, no biases, causal
 self-attention, learned positional embeddings, an untied output projection,
 and two optional interventions, qk-layernorm (a LayerNorm on the queries and
 keys of each head) and the z-loss (``1e-4 · log² Z`` on the output softmax).
+The digits domain uses ``benchmarks._common.MLP``.
 """
 
 from __future__ import annotations
-
-import hashlib
-import sysconfig
-from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,39 +16,6 @@ import numpy as np
 from flax import nnx
 
 VOCAB = 256  # bytes
-SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-
-
-class Corpus(NamedTuple):
-  """Training and validation bytes (uint8) and where they came from."""
-
-  train: np.ndarray
-  val: np.ndarray
-  info: dict
-
-
-def stdlib_corpus(val_every: int = 10, root: str | None = None) -> Corpus:
-  """The standard library's ``.py`` files, split by file (every ``val_every``-th
-  file, in sorted order, is validation)."""
-  base = Path(root or sysconfig.get_paths()["stdlib"])
-  files = sorted(
-    f
-    for f in base.rglob("*.py")
-    if not SKIP_DIRS & set(f.relative_to(base).parts[:-1]) and not f.name.startswith("test_")
-  )
-  parts: tuple[list[bytes], list[bytes]] = ([], [])
-  for i, f in enumerate(files):
-    parts[i % val_every == val_every - 1].append(f.read_bytes())
-  train, val = (np.frombuffer(b"\0".join(p), np.uint8) for p in parts)
-  digest = hashlib.sha256(train.tobytes() + val.tobytes()).hexdigest()[:16]
-  info = {
-    "root": str(base),
-    "files": len(files),
-    "train_bytes": int(train.size),
-    "val_bytes": int(val.size),
-    "sha256_16": digest,
-  }
-  return Corpus(train, val, info)
 
 
 class Attention(nnx.Module):

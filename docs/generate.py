@@ -1,31 +1,52 @@
-"""Sphinx directives that build the docs' tables from the repository's own data.
+"""Writes the documentation's generated parts into the Markdown pages themselves.
 
-``{results-table} NAME`` renders one table from the JSON that a benchmark wrote under
-``benchmarks/results/`` (NAME is a key of ``TABLES``), so that a results page always shows
-the numbers of the committed run: re-run the benchmark, rebuild the docs, and the page
-follows. The build also fails unless ``docs/api.md`` lists every name of
-``relax_optax.__all__`` (and no other), so that no public name goes undocumented.
+Every table of numbers on a results page is built from the JSON a benchmark committed
+under ``benchmarks/results/``, and every code excerpt of an example page is cut from the
+script it shows. Both are written *into* the ``.md`` files, between marker comments::
+
+  <!-- generated: table step_overhead -->
+  | ... the table ... |
+  <!-- end generated -->
+
+  <!-- generated: code examples/circuits.py pyobject=Circuit -->
+  ```python
+  ... the function or class, or the lines from start-at to end-before ...
+  ```
+  <!-- end generated -->
+
+so that a page reads the same in a plain checkout, on a code host and in the built site.
+Usage, from the repository root::
+
+  python docs/generate.py          # rewrite the stale generated parts
+  python docs/generate.py --check  # exit 1, naming each stale page (CI: .ci/run)
+
+A table's name is a key of ``TABLES`` followed by its arguments (a JSON file, a result
+index); a code excerpt is a path relative to the repository root and either
+``pyobject=NAME`` (a top-level function or class) or ``start-at="TEXT"`` and
+``end-before="TEXT"`` (the first line containing each).
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import json
 import math
 import re
+import shlex
 import statistics
+import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from docutils import nodes
-from docutils.parsers.rst import Directive
-from docutils.statemachine import StringList
-from sphinx.errors import ExtensionError
+import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SUCCESS_MSE = 1e-4  # examples/circuits.py: a run solves a task below this test MSE
 
-Table = tuple[list[str], list[list[str]]]  # header, rows (reST inline markup)
+Table = tuple[list[str], list[list[str]]]  # header, rows (``code`` written as in reST)
 
 
 def _load(name: str) -> dict:
@@ -457,9 +478,7 @@ def autodiff_cheap_gradient() -> Table:
 
 def formulas() -> Table:
   """‖v‖/c at a few ‖u‖/c for each formula, computed by relax_optax itself (c = 1)."""
-  import sys
-
-  sys.path.insert(0, str(ROOT / "docs"))
+  sys.path[:0] = [str(ROOT), str(ROOT / "docs")]
   from plot_formulas import speed
 
   import relax_optax
@@ -470,7 +489,225 @@ def formulas() -> Table:
   return header, rows
 
 
-TABLES: dict[str, Callable[[], Table]] = {
+# ----------------------------------------------------------------------------- LM stability
+# The tables of benchmarks/lm_stability.py's reports, rebuilt from its JSON (the same
+# cells as its ``--tables`` output, so that the page and a re-run's printout agree).
+
+
+def _lm(file: str, index: str) -> dict:
+  return _load(file)["results"][int(index)]
+
+
+def _med(rows) -> list[float]:
+  """Median over seeds per grid point; NaN where a seed diverged."""
+  rows = np.asarray(rows, float)
+  return [float(np.median(r)) if np.all(np.isfinite(r)) else math.nan for r in rows]
+
+
+def _cell(x: float) -> str:
+  return "diverged" if not np.isfinite(x) else f"{x:.3f}"
+
+
+def _sens(s) -> str:
+  s = np.asarray(s, float)
+  return f"{s.mean():.3f} ({s.min():.3f}–{s.max():.3f})"
+
+
+def _best_val(r: dict) -> float:
+  """Per seed the lowest validation loss over LRs and evaluations; mean over seeds."""
+  best = np.asarray(r["lr_sweep"]["best_val"], float)  # (lrs, seeds)
+  with warnings.catch_warnings():  # a diverged run has no finite evaluation
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return float(np.mean(np.nanmin(best, axis=0)))
+
+
+def lm_lr(file: str, index: str) -> Table:
+  res = _lm(file, index)
+  header = ["arm", *(f"lr {lr:g}" for lr in res["lrs"]), "LR sensitivity", "best val"]
+  rows = [
+    [
+      f"``{name}``",
+      *(_cell(m) for m in _med(r["lr_sweep"]["final_val"])),
+      _sens(r["lr_sensitivity"]),
+      f"{_best_val(r):.3f}",
+    ]
+    for name, r in res["arms"].items()
+  ]
+  return header, rows
+
+
+def lm_c(file: str, index: str) -> Table:
+  res = _lm(file, index)
+  header = ["arm", *(f"c {c:g}" for c in res["c_entry"]), "c sensitivity", "LR sensitivity"]
+  rows = [
+    [
+      f"``{name}``",
+      *(_cell(m) for m in _med(r["c_sweep"]["final_val"])),
+      _sens(r["c_sensitivity"]),
+      _sens(r["lr_sensitivity"]),
+    ]
+    for name, r in res["arms"].items()
+    if "c_sweep" in r
+  ]
+  return header, rows
+
+
+def lm_bind(file: str, index: str) -> Table:
+  res = _lm(file, index)
+  header = ["arm", *(f"lr {lr:g}" for lr in res["lrs"]), *(f"c {c:g}" for c in res["c_entry"])]
+  rows = []
+  for name, r in res["arms"].items():
+    if r["lr_sweep"]["bind_fraction"] is not None:
+      b = np.mean(r["lr_sweep"]["bind_fraction"], 1).tolist()
+      b += np.mean(r["c_sweep"]["bind_fraction"], 1).tolist()
+      rows.append([f"``{name}``", *(f"{x:.2f}" for x in b)])
+  return header, rows
+
+
+def lm_logit(file: str, index: str) -> Table:
+  res = _lm(file, index)
+  key = "max_attn_logit" if res["domain"].startswith("lm") else "max_out_logit_rms"
+  header = ["arm", *(f"lr {lr:g}" for lr in res["lrs"])]
+  rows = []
+  for name, r in res["arms"].items():
+    a = np.median(np.asarray(r["lr_sweep"][key], float), 1)
+    u = np.median(np.asarray(r["lr_sweep"]["mean_update_rms"], float), 1)
+    rows.append([f"``{name}``", *(f"{x:.3g} / {y:.2g}" for x, y in zip(a, u, strict=True))])
+  return header, rows
+
+
+def lm_sizes(file: str = "lm_stability_full.json") -> Table:
+  """Both transformer sizes: LR and c sensitivity, best loss, attention logit at the top LR."""
+  results = [r for r in _load(file)["results"] if r["domain"].startswith("lm")]
+  header = ["arm"]
+  for res in results:
+    size = res["domain"].removeprefix("lm ")
+    header += [f"{size}: LR sens.", "c sens.", "best val", "attn. logit"]
+  rows = []
+  for arm in results[0]["arms"]:
+    row = [f"``{arm}``"]
+    for res in results:
+      r = res["arms"][arm]
+      c = f"{np.mean(r['c_sensitivity']):.3f}" if "c_sensitivity" in r else "–"
+      logit = float(np.median(np.asarray(r["lr_sweep"]["max_attn_logit"][-1], float)))
+      row += [f"{np.mean(r['lr_sensitivity']):.3f}", c, f"{_best_val(r):.3f}", f"{logit:.3g}"]
+    rows.append(row)
+  return header, rows
+
+
+README_ARMS = {
+  "adamw": "AdamW",
+  "adamw+qk_norm": "AdamW + qk-layernorm",
+  "clip_update_norm": "Adam, update clipped by global norm ``c``",
+  "relativistic global": "``relativistic_adam`` ``global``",
+  "relativistic per_param": "``relativistic_adam`` ``per_param``",
+  "relativistic per_component": "``relativistic_adam`` ``per_component``",
+}
+
+
+def _sci(x: float) -> str:
+  """1.05e7, not 1.05e+07."""
+  mantissa, exponent = f"{x:.2e}".split("e")
+  return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def lm_sizes_short(file: str = "lm_stability_full.json") -> Table:
+  """The README's digest of ``lm_sizes``: six arms, sensitivities, the big size's logit."""
+  results = [r for r in _load(file)["results"] if r["domain"].startswith("lm")]
+  header = ["arm"]
+  for res in results:
+    header += [f"{res['domain'].removeprefix('lm ')}: LR sens.", "c sens."]
+  top = results[-1]
+  header.append(f"{top['domain'].removeprefix('lm ')}: max attn. logit at lr {top['lrs'][-1]:g}")
+  rows = []
+  for arm, label in README_ARMS.items():
+    row = [label]
+    for res in results:
+      r = res["arms"][arm]
+      row.append(f"{np.mean(r['lr_sensitivity']):.3f}")
+      row.append(f"{np.mean(r['c_sensitivity']):.3f}" if "c_sensitivity" in r else "–")
+    logit = float(np.median(np.asarray(top["arms"][arm]["lr_sweep"]["max_attn_logit"][-1], float)))
+    row.append(_sci(logit) if logit >= 1e4 else f"{logit:.0f}")
+    rows.append(row)
+  return header, rows
+
+
+# ----------------------------------------------------------------------------- spike guard
+
+
+SPIKE_ARMS = {
+  "adamw": "AdamW",
+  "adamw+clip": "AdamW + ``clip_by_global_norm(1.0)`` on the gradient",
+  "hist-clip": "hard historical clip (mean + 2σ of the last 128 update norms, Levanter-style)",
+}
+
+
+def spike_guard() -> Table:
+  d = _load("spike_guard.json")
+  spikes = list(next(iter(d["results"].values()))["spikes"])
+  header = ["arm", "final loss", "test acc"]
+  for s in spikes:
+    header += [f"{s[0]}{int(s[1:]):,} height", "recover"]
+  rows = []
+  for name, r in d["results"].items():
+    label = SPIKE_ARMS.get(name, name.replace("k=", "k = "))
+    cells = [label, f"{r['final_loss']:.4f}", f"{r['test_accuracy']:.3f}"]
+    for s in spikes:
+      cells += [f"{r['spikes'][s]['height']:.2f}", f"{r['spikes'][s]['recover_steps']:.1f}"]
+    rows.append(cells)
+  return header, rows
+
+
+# ----------------------------------------------------------------------------- RGD
+
+
+def rgd_nn() -> Table:
+  d = _load("rgd_nn.json")
+  names = {"SGD-momentum": "SGD with momentum", "relativistic_adam": "``relativistic_adam``"}
+  header = [
+    "method",
+    "selected",
+    "test accuracy (5 seeds, mean ± std)",
+    "median validation loss over the 24 candidates",
+  ]
+  rows = []
+  for m, r in d["methods"].items():
+    b = r["best"]
+    sel = [f"lr {b['lr']:.3g}"]
+    if "mu" in b:
+      sel.append(f"μ {b['mu']:.2f}")
+    if "c" in b:
+      sel.append(f"c {b['c']:.2g}")
+    acc = np.asarray(r["seeds"]["test_acc"], float) * 100
+    rows.append(
+      [
+        names.get(m, m),
+        ", ".join(sel),
+        f"{acc.mean():.2f} % ± {acc.std():.2f}",
+        f"{statistics.median(r['tuning']['final_val_loss']):.3f}",
+      ]
+    )
+  return header, rows
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+def transformer_example() -> Table:
+  """examples/transformer.py's committed run: validation loss per optimizer and LR."""
+  d = json.loads((ROOT / "docs" / "examples" / "transformer" / "results.json").read_text())
+  lrs = list(d["results"])
+  header = ["optimizer", *lrs]
+  names = list(d["results"][lrs[0]])
+  rows = [
+    [f"``{n}``" if n != "adamw + update clip" else "``adamw`` + ``clip_by_global_norm(c)``"]
+    + [_loss(d["results"][lr][n]["val_loss"]) for lr in lrs]
+    for n in names
+  ]
+  return header, rows
+
+
+TABLES: dict[str, Callable[..., Table]] = {
   f.__name__: f
   for f in [
     step_overhead,
@@ -487,65 +724,120 @@ TABLES: dict[str, Callable[[], Table]] = {
     autodiff_sweep,
     autodiff_cheap_gradient,
     formulas,
+    lm_lr,
+    lm_c,
+    lm_bind,
+    lm_logit,
+    lm_sizes,
+    lm_sizes_short,
+    spike_guard,
+    rgd_nn,
+    transformer_example,
   ]
 }
 
 
-# ----------------------------------------------------------------------------- directives
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-  """A Markdown (MyST) pipe table; ``code`` becomes `code`, | is escaped."""
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+  """A Markdown pipe table; ``code`` becomes `code`, | is escaped; numbers right-aligned."""
 
   def cell(text: str) -> str:
     return (text or " ").replace("``", "`").replace("|", "\\|")
 
+  if any(len(r) != len(header) for r in rows):
+    raise ValueError("a row's length differs from the header's")
   lines = ["| " + " | ".join(cell(h) for h in header) + " |"]
   lines.append("| --- |" + " ---: |" * (len(header) - 1))
   lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-  return lines
+  return "\n".join(lines)
 
 
-class ResultsTable(Directive):
-  """``{results-table} NAME``: the table NAME, built from benchmarks/results/*.json."""
+# ----------------------------------------------------------------------------- code excerpts
 
-  required_arguments = 1
-  has_content = False
 
-  def run(self) -> list[nodes.Node]:
-    name = self.arguments[0]
+def code_excerpt(path: str, **opts: str) -> str:
+  """A fenced Python block: a top-level def/class (``pyobject``), or start-at..end-before."""
+  text = (ROOT / path).read_text()
+  lines = text.splitlines()
+  if "pyobject" in opts:
+    tree = ast.parse(text)
+    node = next(
+      (
+        n
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name == opts["pyobject"]
+      ),
+      None,
+    )
+    if node is None:
+      raise ValueError(f"{path}: no top-level {opts['pyobject']}")
+    first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+    excerpt = lines[first - 1 : node.end_lineno]
+  else:
+    start = next(i for i, line in enumerate(lines) if opts["start-at"] in line)
+    end = len(lines)
+    if "end-before" in opts:
+      end = next(
+        i for i, line in enumerate(lines[start + 1 :], start + 1) if opts["end-before"] in line
+      )
+    excerpt = lines[start:end]
+    while excerpt and not excerpt[-1].strip():
+      excerpt.pop()
+  return "```python\n" + "\n".join(excerpt) + "\n```"
+
+
+# ----------------------------------------------------------------------------- the pages
+
+MARKER = re.compile(
+  r"(?P<open><!-- generated: (?P<spec>.*?) -->\n)(?P<body>.*?)(?P<close><!-- end generated -->)",
+  flags=re.S,
+)
+PAGES = ["README.md", "docs/**/*.md"]
+
+
+def render(spec: str) -> str:
+  kind, *args = shlex.split(spec)
+  if kind == "table":
+    name, *rest = args
     if name not in TABLES:
-      raise self.error(f"unknown results table {name!r}; known: {', '.join(TABLES)}")
-    header, rows = TABLES[name]()
-    if any(len(r) != len(header) for r in rows):
-      raise self.error(f"results table {name!r}: a row's length differs from the header's")
-    # The pages are MyST Markdown, so the directive's content is parsed as Markdown.
-    container = nodes.container(classes=["results-table", f"results-table-{name}"])
-    self.state.nested_parse(
-      StringList(_markdown_table(header, rows), source=f"benchmarks/results ({name})"),
-      self.content_offset,
-      container,
-    )
-    return [container]
+      raise ValueError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
+    return markdown_table(*TABLES[name](*rest))
+  if kind == "code":
+    path, *rest = args
+    return code_excerpt(path, **dict(a.split("=", 1) for a in rest))
+  raise ValueError(f"unknown generated kind {kind!r} (table or code)")
 
 
-def check_public_api(app) -> None:
-  """Fails the build unless docs/api.md's autosummary lists exactly ``relax_optax.__all__``."""
-  import relax_optax
-
-  text = (Path(app.srcdir) / "api.md").read_text()
-  listed = set(re.findall(r"^   ([A-Za-z_]\w*)\s*$", text, flags=re.M))
-  listed |= set(re.findall(r"^\.\. py:data:: ([A-Za-z_]\w*)\s*$", text, flags=re.M))
-  missing = sorted(set(relax_optax.__all__) - listed)
-  extra = sorted(listed - set(relax_optax.__all__))
-  if missing or extra:
-    raise ExtensionError(
-      f"docs/api.md must list every public name of relax_optax.__all__ in an autosummary: "
-      f"missing {missing}, not public {extra}"
-    )
+def regenerate(text: str) -> str:
+  return MARKER.sub(lambda m: m["open"] + render(m["spec"]) + "\n" + m["close"], text)
 
 
-def setup(app):
-  app.add_directive("results-table", ResultsTable)
-  app.connect("builder-inited", check_public_api)
-  return {"parallel_read_safe": True, "parallel_write_safe": True}
+def pages() -> list[Path]:
+  found = {p for pattern in PAGES for p in ROOT.glob(pattern)}
+  return sorted(p for p in found if "_build" not in p.parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--check", action="store_true", help="only report stale pages; exit 1")
+  args = parser.parse_args(argv)
+  stale = []
+  for page in pages():
+    text = page.read_text()
+    if "<!-- generated:" not in text:
+      continue
+    new = regenerate(text)
+    if new != text:
+      stale.append(page.relative_to(ROOT))
+      if not args.check:
+        page.write_text(new)
+  verb = "stale" if args.check else "rewrote"
+  for page in stale:
+    print(f"{verb}: {page}")
+  if args.check and stale:
+    print("run `python docs/generate.py` and commit the pages", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
