@@ -554,49 +554,61 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(args: list[str], n: int, logs: Path, timeout: float) -> None:
-  """Runs ``n`` copies of this file's worker; fails with the logs of any that
-  fails or hangs (all are then killed)."""
+def _start_and_wait(args: list[str], n: int, logs: Path, timeout: float) -> list[int | None]:
+  """Starts ``n`` workers; returns their exit codes (``None``: killed).
+
+  As soon as one exits with an error, or at the deadline, the others are
+  killed: a worker whose peer died would wait for it in a collective.
+  """
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device each
   env["JAX_PLATFORMS"] = "cpu"
   port = free_port()
-  procs = []
-  for i in range(n):
-    log = open(logs / f"{args[0]}_{i}.log", "w")  # closed below
-    procs.append(
-      (
+  procs, files = [], []
+  try:
+    for i in range(n):
+      files.append(open(logs / f"{args[0]}_{i}.log", "w"))  # closed below
+      procs.append(
         subprocess.Popen(
-          [sys.executable, __file__, *args[:1], str(port), str(i), *args[1:]],
-          stdout=log,
+          [sys.executable, __file__, args[0], str(port), str(i), *args[1:]],
+          stdout=files[-1],
           stderr=subprocess.STDOUT,
           env=env,
-        ),
-        log,
+        )
       )
-    )
-  deadline = time.monotonic() + timeout
-  failed = []
-  try:
-    for i, (proc, _) in enumerate(procs):
-      try:
-        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-      except subprocess.TimeoutExpired:
-        rc = "timeout"
-      if rc != 0:
-        failed.append(i)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+      codes = [p.poll() for p in procs]
+      if all(c == 0 for c in codes) or any(c not in (None, 0) for c in codes):
         break
+      time.sleep(0.1)
   finally:
-    for proc, log in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-      log.close()
-  if failed:
-    report = []
-    for i in range(n):
-      text = (logs / f"{args[0]}_{i}.log").read_text()
-      report.append(f"--- process {i} (rc={procs[i][0].returncode}) ---\n{text[-6000:]}")
-    pytest.fail(f"worker {args[0]} failed:\n" + "\n".join(report), pytrace=False)
+    codes = [p.poll() for p in procs]
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    for f in files:
+      f.close()
+  return codes
+
+
+def launch(args: list[str], n: int, logs: Path, timeout: float) -> None:
+  """Runs ``n`` copies of this file's worker (``args``: phase, then its
+  arguments); fails with every process's log if one fails or hangs. A start
+  that failed because the free port was taken meanwhile is retried once."""
+  for attempt in range(2):
+    codes = _start_and_wait(args, n, logs, timeout)
+    if all(c == 0 for c in codes):
+      return
+    texts = [(logs / f"{args[0]}_{i}.log").read_text() for i in range(n)]
+    if attempt == 0 and any("address already in use" in t.lower() for t in texts):
+      continue
+    report = [
+      f"--- process {i} (exit code {c}; None: killed, by the timeout of {timeout} s "
+      f"or after another process failed) ---\n{t[-6000:]}"
+      for i, (c, t) in enumerate(zip(codes, texts, strict=True))
+    ]
+    pytest.fail(f"worker {args[0]!r} failed:\n" + "\n".join(report), pytrace=False)
 
 
 # ---------------------------------------------------------------------------
@@ -760,7 +772,7 @@ _OVER_BUDGET = {
 def _budget_params():
   for how in ("jit", "shard_map"):
     for mode in ("global", "per_param", "per_component"):
-      marks = [pytest.mark.cpu_hlo, pytest.mark.slow]
+      marks = [pytest.mark.xla_cpu, pytest.mark.slow]
       if (how, mode) in _OVER_BUDGET:
         marks.append(pytest.mark.xfail(strict=False, reason=_OVER_BUDGET[how, mode]))
       yield pytest.param(how, mode, marks=marks, id=f"{how}-{mode}")
@@ -773,7 +785,7 @@ def test_collectives_added_over_adam(runs, how, mode):
   all-gather (Adam's moments stay sharded); nothing of Adam's goes away.
 
   The workers run on XLA:CPU, so the HLO is that backend's (marker
-  ``cpu_hlo``); another backend's partitioner may place them differently.
+  ``xla_cpu``); another backend's partitioner may place them differently.
   """
   hlo = runs["hlo"][how]
   added, removed = added_collectives(hlo[f"adam-{mode}-lorentz"], hlo["optax-adam"])
@@ -791,6 +803,7 @@ def test_collectives_added_over_adam(runs, how, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.smoke
 def test_example_multihost_training_runs():
   """``examples/multihost_training.py`` starts 2 processes that print the same losses."""
   example = Path(__file__).resolve().parent.parent / "examples" / "multihost_training.py"
