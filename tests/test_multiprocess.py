@@ -72,11 +72,11 @@ def _model():
       return self.linear2(jnp.tanh(self.norm(self.linear1(x))))
 
   graphdef, state = nnx.split(MLP(nnx.Rngs(0)))
-  params = jax_to_numpy(nnx.to_pure_dict(state))
+  params = _to_numpy(nnx.to_pure_dict(state))
   return graphdef, params
 
 
-def jax_to_numpy(tree):
+def _to_numpy(tree):
   import jax
 
   return jax.tree.map(np.asarray, tree)
@@ -93,7 +93,10 @@ def _specs(params):
 
 
 def _state_specs(tx, params):
-  """Each state leaf takes the spec of the parameter of its shape (scalars: P())."""
+  """Each state leaf takes the spec of the parameter of its shape (scalars: P()).
+
+  In this model equal shapes have equal specs, so the shape decides.
+  """
   import jax
   from jax.sharding import PartitionSpec as P
 
