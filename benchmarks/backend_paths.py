@@ -2,10 +2,10 @@
 
 ``relativistic_adam`` is ``optax.chain(scale_by_adam, scale_by_learning_rate,
 scale_by_relativistic)``. On CPU only (``jax.lax.platform_dependent``), for
-leaves of at least 200,000 entries, it takes the ``global`` / ``per_param`` norm
-from Adam's update computed a second time behind an ``optimization_barrier``
-instead of from a copy written to memory. This script shows, on the backend
-it runs on (CPU, GPU, TPU):
+leaves of at least 200,000 entries holding 32 MiB or more together, it takes
+the ``global`` / ``per_param`` norm from Adam's update computed a second time
+behind an ``optimization_barrier`` instead of from a copy written to memory.
+This script shows, on the backend it runs on (CPU, GPU, TPU):
 
 - whether the compiled step holds the recompute (more divisions than the
   plain chain's: Adam's is computed twice), which must be so on CPU and not

@@ -103,6 +103,35 @@ def step_overhead() -> Table:
   return header, rows
 
 
+def backend_paths(platform: str = "cpu") -> Table:
+  """Which path the recipe compiles to on a backend, its agreement with the chain, its cost."""
+  d = _load(f"backend_paths_{platform}.json")
+  header = [
+    "leaves",
+    "entries per leaf",
+    "mode",
+    "recomputes",
+    "max rel. diff. to the chain",
+    "adam ms",
+    "recipe / adam",
+    "chain / adam",
+  ]
+  rows = [
+    [
+      str(r["leaves"]),
+      f"{r['parameters'] // r['leaves']:,}",
+      f"``{r['mode']}``",
+      "yes" if r["recipe_has_recompute"] else "no",
+      f"{r['max_relative_difference']:.1e}",
+      f"{r['adam_ms']:.2f}",
+      f"{r['recipe_over_adam']:.2f}x",
+      f"{r['chain_over_adam']:.2f}x",
+    ]
+    for r in d["rows"]
+  ]
+  return header, rows
+
+
 # ----------------------------------------------------------------------------- compile time
 
 
@@ -710,6 +739,7 @@ def transformer_example() -> Table:
 TABLES: dict[str, Callable[..., Table]] = {
   f.__name__: f
   for f in [
+    backend_paths,
     step_overhead,
     step_overhead_sizes,
     compile_time,

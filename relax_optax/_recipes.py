@@ -46,15 +46,21 @@ from relax_optax._validation import (
 # A fixed speed limit (a scalar or a schedule) or one relative to the run's own norms.
 SpeedLimit = Union[optax.ScalarOrSchedule, RelativeSpeedLimit]  # noqa: UP007 (autodoc alias)
 
-# On CPU, leaves from this many entries recompute Adam's update for the norm;
-# smaller leaves take the norm from the update, as the plain chain does.
-# Measured by benchmarks/backend_paths.py (1e7 parameters, mode="global", one
-# core): in leaves of 2.5e6, 6.3e5 and 2.5e5 entries the chain's step costs
-# 4.5x, 3.5x and 3.5x optax.adam's and the recompute's 2.0x; in leaves of
-# 1.6e5 and 3.9e4 entries the chain's costs 1.7x and 1.6x and the recompute's
-# 2.1x and 1.9x. Below this size the recompute would also cost compile time
-# for nothing (a second copy of Adam's last step in the HLO).
+# On CPU, leaves from RECOMPUTE_MIN_SIZE entries recompute Adam's update for
+# the norm, when together they hold at least RECOMPUTE_MIN_BYTES; the others
+# take the norm from the update, as the plain chain does. The chain's cost is
+# the update written to a scratch buffer: above glibc's 32 MiB mmap threshold
+# that buffer is mapped afresh, and its pages faulted in, at every call.
+# Measured by benchmarks/backend_paths.py and benchmarks/step_overhead.py (one
+# core): at 1e7 parameters (40 MB) in leaves of 2.5e6, 6.3e5 and 2.5e5 entries
+# the chain's step costs 4.5x, 3.5x and 3.5x optax.adam's and the recompute's
+# 2.0x; in leaves of 1.6e5 and 3.9e4 entries the chain's costs 1.7x and 1.6x
+# and the recompute's 2.1x and 1.9x; at 1e6 parameters (4 MB) in leaves of
+# 2.5e5 the chain's costs 1.9x and the recompute's 2.3x. Below these sizes the
+# recompute would also cost compile time for nothing (a second copy of Adam's
+# last step in the HLO).
 RECOMPUTE_MIN_SIZE = 200_000
+RECOMPUTE_MIN_BYTES = 32 * 2**20
 
 
 class AdamSpec(NamedTuple):
@@ -121,8 +127,8 @@ def _recompute(
 ) -> Recompute | None:
   """The group-norm sums of the leaves of at least :data:`RECOMPUTE_MIN_SIZE`
   entries, from Adam's update times the learning rate computed again from
-  Adam's new moments (``None`` for the other leaves); ``None`` if none is
-  that large.
+  Adam's new moments (``None`` for the other leaves); ``None`` if these
+  leaves hold less than :data:`RECOMPUTE_MIN_BYTES` together.
 
   Each large leaf's inputs (its new moments, the step count, the learning
   rate and its state, every constant its reduction multiplies or adds by,
@@ -136,8 +142,11 @@ def _recompute(
   """
   leaves, _, positions = array_leaves(grads)
   large = [j for j, i in enumerate(positions) if leaves[i].size >= RECOMPUTE_MIN_SIZE]
+  nbytes = sum(
+    leaves[positions[j]].size * jnp.dtype(leaves[positions[j]].dtype).itemsize for j in large
+  )
   moments = [array_leaves(x) for x in (adam_state.mu, adam_state.nu)]
-  if not large or any(len(p) != len(positions) for _, _, p in moments):
+  if nbytes < RECOMPUTE_MIN_BYTES or any(len(p) != len(positions) for _, _, p in moments):
     return None
   param_leaves = None if params is None else array_leaves(params)
   constant_lr = not callable(spec.learning_rate)
@@ -337,11 +346,11 @@ def relativistic_adam(
   correction on the step size for ``bias_correction="step_size"``, and
   :func:`relax_optax.scale_by_relative_speed_limit` for a
   :class:`relax_optax.RelativeSpeedLimit`. Same state, same updates: on CPU,
-  for leaves of at least 200,000 entries, the ``global`` / ``per_param``
-  norms are taken from Adam's update computed a second time from its new
-  moments rather than from a copy written to memory (a 2x faster step with
-  such leaves), which changes no value beyond rounding. For ``speed_limit`` much larger
-  than the updates it equals ``optax.adam``.
+  for leaves of at least 200,000 entries that hold 32 MiB or more together,
+  the ``global`` / ``per_param`` norms are taken from Adam's update computed
+  a second time from its new moments rather than from a copy written to
+  memory (a 2x faster step there), which changes no value beyond rounding.
+  For ``speed_limit`` much larger than the updates it equals ``optax.adam``.
 
   Differences from relativistic-adam 1.0.0 (PyTorch), each with the option
   that reproduces the original (see ``docs/migrating_from_pytorch.md``):

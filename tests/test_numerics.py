@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import relax_optax
+from relax_optax import _recipes
 from relax_optax._pytorch import scale_by_adam_step_size_correction
 from relax_optax._recipes import RECOMPUTE_MIN_SIZE
 
@@ -148,6 +149,13 @@ def _cases(dtype_name: str):
     st.sampled_from(PATTERNS),
     st.integers(0, 2**16),
   )
+
+
+@pytest.fixture(autouse=True)
+def _recompute_every_large_leaf(monkeypatch):
+  """The recompute runs from RECOMPUTE_MIN_SIZE-entry leaves holding 32 MiB or more
+  together; here one such leaf is enough, so that the grid stays small."""
+  monkeypatch.setattr(_recipes, "RECOMPUTE_MIN_BYTES", 0)
 
 
 _SETTINGS = settings(
