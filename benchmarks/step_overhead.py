@@ -24,8 +24,9 @@ scratch buffer; above glibc's 32 MiB mmap threshold that buffer is returned
 to the OS after every call and its pages are faulted in again on the next
 (~3 ns per float32 entry here, more than Adam's whole step).
 ``relativistic_adam`` computes the same chain; on CPU, for leaves of at least
-200,000 entries, it takes the norm from Adam's update computed a second time
-from Adam's new moments behind an ``optimization_barrier``
+200,000 entries that hold 32 MiB or more together, it takes the norm from
+Adam's update computed a second time from Adam's new moments behind an
+``optimization_barrier``
 (``relax_optax/_recipes.py``): one extra reduction pass over the two moments,
 and Adam's update is never written. ``temp MB`` is each
 compiled step's preallocated scratch.
