@@ -25,6 +25,7 @@ class Config:
   lrs: tuple[float, ...] = LRS
   c_entry: tuple[float, ...] = C_ENTRY  # the c sweep's grid, in per-entry units
   c_lr: float = 1.0  # the learning rate of the c sweep
+  cap_lr_sweep: bool = True  # capped arms also over the LR grid (at c_entry = speed_limit)
   speed_limit: float = 1e-3  # c_entry of the caps in the LR sweep
   seeds: int = 3
   steps: int = 250
@@ -81,6 +82,71 @@ def quick() -> Config:
     arms=("adamw", "stable_adamw", "relativistic global"),
     full_size=(32, 2),  # with full=True: a tiny second size
   )
+
+
+# Is per_component a stabiliser or a renamed step size (``per_component.py``)?
+
+PER_COMPONENT_ARMS = (
+  "adamw",
+  "adamw+qk_norm",
+  "relativistic per_component",
+  "relativistic per_component tanh",
+  "adamw+clip",
+  "adam_atan2",
+  "lion",
+  "relativistic global",
+)
+
+
+class Part(NamedTuple):
+  """One transformer of the per_component study: a name and its config."""
+
+  name: str
+  config: Config
+
+
+def _thin(lrs: tuple[float, ...]) -> dict:
+  """A thinned LR grid and its c grid (c_entry = lr / 10, as the full grids)."""
+  return {"lrs": lrs, "c_entry": tuple(0.1 * lr for lr in lrs)}
+
+
+def per_component() -> tuple[Part, ...]:
+  """Three transformer sizes and, at width 128, a run twice as long (~75 min, 2 cores).
+
+  Every uncapped arm over the LR grid, every capped arm over the c grid at lr = 1 (the
+  decisive sweep; not over LR, to fit the budget). The largest size and the long run
+  have thinned grids of 5 points around the optimum found at width 128 (AdamW's best
+  LR 3e-3, ``per_component``'s best c_entry 3e-4).
+  """
+  base = Config(domains=("lm",), arms=PER_COMPONENT_ARMS, cap_lr_sweep=False)
+  long_arms = ("adamw", "relativistic per_component", "adamw+clip", "relativistic global")
+  return (
+    Part("d64 L2", base),
+    Part("d128 L3", dataclasses.replace(base, d=128, depth=3)),
+    Part(
+      "d192 L3",
+      dataclasses.replace(base, d=192, depth=3, **_thin((3e-4, 1e-3, 3e-3, 1e-2, 3e-2))),
+    ),
+    Part(
+      "d128 L3, 500 steps",
+      dataclasses.replace(
+        base,
+        d=128,
+        depth=3,
+        steps=500,
+        warmup=50,
+        arms=long_arms,
+        **_thin((1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
+      ),
+    ),
+  )
+
+
+def per_component_quick() -> tuple[Part, ...]:
+  """The study's parts on tiny models and grids, for a smoke test (well under a minute)."""
+  q = dataclasses.replace(quick(), domains=("lm",), arms=PER_COMPONENT_ARMS, cap_lr_sweep=False)
+  long_arms = ("adamw", "relativistic per_component", "adamw+clip")
+  return (Part("tiny", q), Part("tiny, long", dataclasses.replace(q, steps=40, arms=long_arms)))
 
 
 def spikes() -> Config:

@@ -11,7 +11,13 @@
 - ``relativistic_adam`` in modes ``global``, ``per_param``, ``per_component`` (formula
   ``lorentz``) and ``per_param`` with ``formula="reference"``;
 - on request (``--arms "relativistic global, scheduled c"``): ``global`` with c
-  following the learning rate's warm-up and cosine decay.
+  following the learning rate's warm-up and cosine decay;
+- on request, the elementwise twins of ``per_component`` (the study of
+  ``per_component.py``): ``relativistic per_component tanh``; ``adamw+clip``, Adam's
+  update (after the learning rate) hard-capped entry by entry at c (``optax.clip``);
+  ``adam_atan2``, Adam with ``a·atan2(m̂, b·sqrt(v̂))`` in place of ``m̂/(sqrt(v̂) + eps)``
+  (Everett et al. 2024), each entry bounded by ``a·π/2`` times the learning rate by
+  construction; ``lion`` (``optax.scale_by_lion``, b1 = 0.9, b2 = 0.99), a sign update.
 
 Units of c. A cap on a group of n entries (n = all parameters for the global caps, the
 mean tensor size for ``per_param``, 1 for ``per_component``) is set as
@@ -66,6 +72,35 @@ def scale_by_stable_adamw(
       return u / jnp.maximum(1.0, rms)
 
     return jax.tree.map(stabilise, direction, updates, state.nu), state
+
+  return optax.GradientTransformation(adam.init, update_fn)
+
+
+def scale_by_adam_atan2(
+  b1: float = B1, b2: float = B2, a: float = 1.27, b: float = 1.0
+) -> optax.GradientTransformation:
+  """Adam-atan2: ``a · atan2(m̂, b · sqrt(v̂))`` in place of Adam's ``m̂ / (sqrt(v̂) + eps)``.
+
+  No epsilon; each entry is bounded by ``a·π/2`` and, where ``|m̂| << sqrt(v̂)``, equals
+  ``(a/b) · m̂/sqrt(v̂)``, Adam's direction. The moments and their bias correction are
+  ``optax.scale_by_adam``'s (its state). ``a = 1.27, b = 1`` are the defaults of the
+  ``adam-atan2-pytorch`` implementation of the paper's rule.
+
+  References:
+    Everett et al., 2024, "Scaling Exponents Across Parameterizations and Optimizers"
+    (arXiv 2407.05872).
+  """
+  adam = optax.scale_by_adam(b1, b2, eps=1.0)  # eps only affects the discarded direction
+
+  def update_fn(updates, state, params=None):
+    _, state = adam.update(updates, state, params)
+    t = state.count.astype(jnp.float32)
+    c1, c2 = 1 - b1**t, 1 - b2**t
+
+    def direction(mu, nu):
+      return a * jnp.arctan2(mu / c1, b * jnp.sqrt(nu / c2))
+
+    return jax.tree.map(direction, state.mu, state.nu), state
 
   return optax.GradientTransformation(adam.init, update_fn)
 
@@ -142,6 +177,23 @@ def arms(domain: str, n_params: int) -> list[Arm]:
       scheduled_c=True,
       extra=True,
     ),
+    Arm(
+      "relativistic per_component tanh",
+      _relativistic("per_component", "tanh"),
+      cap="per_component_tanh",
+      extra=True,
+    ),
+    Arm("adamw+clip", lambda lr, c: _adam(lr, optax.clip(c)), cap="hard_component", extra=True),
+    Arm(
+      "adam_atan2",
+      lambda lr, c: optax.chain(scale_by_adam_atan2(), optax.scale_by_learning_rate(lr)),
+      extra=True,
+    ),
+    Arm(
+      "lion",
+      lambda lr, c: optax.chain(optax.scale_by_lion(0.9, 0.99), optax.scale_by_learning_rate(lr)),
+      extra=True,
+    ),
   ]
   return [a for a in out if domain == "lm" or not a.qk_norm]
 
@@ -170,10 +222,12 @@ def binding(cap: str | None, update, c) -> jax.Array:
 
   The cap binds where the uncapped norm n exceeds c. For ``lorentz``,
   ``‖v‖ = n / sqrt(1 + (n/c)²)`` is increasing in n, so n > c exactly when
-  ``‖v‖ > c/√2``; for ``reference``, ``‖v‖ <= c/2`` below the limit and
+  ``‖v‖ > c/√2``; for ``tanh``, ``|v| = c·tanh(|u|/c)`` exceeds ``c·tanh(1)`` exactly
+  when ``|u| > c``; for ``reference``, ``‖v‖ <= c/2`` below the limit and
   ``>= c·tanh(1) = 0.76c`` above, so the threshold 0.63c separates them; a hard
   clip binds when ``‖v‖ = c``. Groups: the whole update (global), each tensor
-  (per_param, as a fraction of tensors), each entry (per_component).
+  (per_param, as a fraction of tensors), each entry (per_component, per_component_tanh,
+  hard_component).
   """
   leaves = jax.tree.leaves(update)
   if cap is None:
@@ -186,4 +240,9 @@ def binding(cap: str | None, update, c) -> jax.Array:
     threshold = c / np.sqrt(2) if cap == "per_param" else 0.63 * c
     return jnp.mean(jnp.stack([tree_norm(x) > threshold for x in leaves]).astype(jnp.float32))
   n = sum(x.size for x in leaves)
-  return sum(jnp.sum(jnp.abs(x) > c / np.sqrt(2)) for x in leaves).astype(jnp.float32) / n
+  threshold = {"per_component": c / np.sqrt(2), "per_component_tanh": c * np.tanh(1.0)}
+  if cap == "hard_component":
+    hit = [jnp.abs(x) >= c * (1 - 1e-3) for x in leaves]
+  else:
+    hit = [jnp.abs(x) > threshold[cap] for x in leaves]
+  return sum(jnp.sum(h) for h in hit).astype(jnp.float32) / n

@@ -36,7 +36,7 @@ def run(config: configs.Config) -> dict:
   txs = {"optax.adamw": lambda: optax.adamw(1e-3, B1, B2, EPS, weight_decay=WEIGHT_DECAY)}
   for mode in relax_optax.MODES:
     txs[f"relativistic_adamw {mode}"] = lambda mode=mode: relax_optax.relativistic_adamw(
-      1e-3, B1, B2, EPS, speed_limit=0.1, mode=mode, weight_decay=WEIGHT_DECAY
+      1e-3, 0.1, B1, B2, EPS, mode=mode, weight_decay=WEIGHT_DECAY
     )
   batch = domain.sample(jax.random.key(0))
   start = run_start()

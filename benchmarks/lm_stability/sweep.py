@@ -26,8 +26,7 @@ from tqdm import tqdm
 
 from benchmarks._common import add_output_args, output_path, run_metadata, run_start, write_json
 from benchmarks.lm_stability import configs, data, report
-from benchmarks.lm_stability.optimizers import selected
-from benchmarks.lm_stability.train import run_domain
+from benchmarks.lm_stability.train import run_domain, run_steps
 
 
 def run(config: configs.Config) -> dict:
@@ -45,15 +44,7 @@ def run(config: configs.Config) -> dict:
       data.digits_domain(width=config.digits_width, depth=config.digits_depth, batch=128)
     )
 
-  def steps(domain):
-    return config.steps if domain.name.startswith("lm") else config.digits_steps
-
-  def runs(domain):
-    arms = selected(domain.name.split()[0], config.arms)
-    n_cap = len([a for a in arms if a.cap])
-    return len(arms) * len(config.lrs) + n_cap * len(config.c_entry)
-
-  total = sum(steps(d) * len(seeds) * runs(d) for d in domains)
+  total = sum(run_steps(d, config, seeds) for d in domains)
   print(
     f"corpus: {corpus.info['files']} stdlib files, {corpus.info['train_bytes']} train /"
     f" {corpus.info['val_bytes']} validation bytes; {len(seeds)} seeds;"

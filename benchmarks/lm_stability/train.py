@@ -191,12 +191,10 @@ def sens(final: list, cap_loss: float) -> np.ndarray:
   return sensitivity(final, np.full(final.shape[1], cap_loss))
 
 
-def run_domain(domain: Domain, config: Config, seeds: list[int], bar: tqdm) -> dict:
-  """Trains every selected arm on ``domain``: the LR sweep and, for a capped arm, the c
-  sweep; returns the domain's results (per arm: summaries, seed-0 curves, sensitivities)."""
-  params0 = init_params(domain, seeds)
+def domain_header(domain: Domain, config: Config, params0: dict) -> dict:
+  """What a domain's results record before its arms: sizes, grids, the loss cap."""
   n_params = int(sum(x[0].size for x in jax.tree.leaves(params0[False][1])))
-  out = {
+  return {
     "domain": domain.name,
     "info": domain.info | {"n_params": n_params},
     "cap_loss": domain.cap_loss,
@@ -206,36 +204,68 @@ def run_domain(domain: Domain, config: Config, seeds: list[int], bar: tqdm) -> d
     "c_default_entry": config.speed_limit,
     "arms": {},
   }
+
+
+def run_arm(
+  domain: Domain, arm: Arm, config: Config, params0: dict, seeds: list[int], bar: tqdm
+) -> dict:
+  """One arm on ``domain``: the LR sweep (for a capped arm only if
+  ``config.cap_lr_sweep``) and, for a capped arm, the c sweep at ``config.c_lr``, as one
+  vmapped program; per sweep the summaries, seed-0 curves and sensitivities."""
+  lm = domain.name.startswith("lm")
+  t0 = time.perf_counter()
+  pairs = (
+    [] if arm.cap and not config.cap_lr_sweep else [(lr, config.speed_limit) for lr in config.lrs]
+  )
+  n = len(pairs)
+  if arm.cap:
+    pairs += [(config.c_lr, c) for c in config.c_entry]
+  cv = train_arm(
+    domain,
+    arm,
+    params0,
+    *zip(*pairs, strict=True),
+    seeds,
+    steps=config.steps if lm else config.digits_steps,
+    warmup=config.warmup if lm else config.digits_warmup,
+    eval_every=config.eval_every,
+    bar=bar,
+  )
+  res = {"c_scale": cap_scale(arm.cap, params0[False][1]) if arm.cap else None}
+  if n:
+    lr_cv = {k: v[:n] for k, v in cv.items()}
+    res["lr_sweep"] = summarise(lr_cv, config.eval_every)
+    res["lr_curves_seed0"] = curves_for_json(lr_cv, 10, config.eval_every)
+    res["lr_sensitivity"] = sens(res["lr_sweep"]["final_val"], domain.cap_loss).tolist()
+  if arm.cap:
+    c_cv = {k: v[n:] for k, v in cv.items()}
+    res["c_sweep"] = summarise(c_cv, config.eval_every)
+    res["c_curves_seed0"] = curves_for_json(c_cv, 10, config.eval_every)
+    res["c_sensitivity"] = sens(res["c_sweep"]["final_val"], domain.cap_loss).tolist()
+  res["seconds"] = time.perf_counter() - t0
+  return res
+
+
+def run_steps(domain: Domain, config: Config, seeds: list[int]) -> int:
+  """Training steps (summed over runs) that :func:`run_domain` takes, for a progress bar."""
+  lm = domain.name.startswith("lm")
+  arms = selected(domain.name.split()[0], config.arms)
+  n_cap = len([a for a in arms if a.cap])
+  runs = (len(arms) - (n_cap if not config.cap_lr_sweep else 0)) * len(config.lrs)
+  runs += n_cap * len(config.c_entry)
+  return runs * len(seeds) * (config.steps if lm else config.digits_steps)
+
+
+def run_domain(domain: Domain, config: Config, seeds: list[int], bar: tqdm) -> dict:
+  """Trains every selected arm on ``domain`` (:func:`run_arm`); returns the domain's
+  results (per arm: summaries, seed-0 curves, sensitivities)."""
+  params0 = init_params(domain, seeds)
+  out = domain_header(domain, config, params0)
+  n_params = out["info"]["n_params"]
   t_domain, load0 = time.perf_counter(), os.getloadavg()
   for arm in selected(domain.name.split()[0], config.arms, n_params):
     bar.set_description(f"{domain.name}: {arm.name}"[:40])
-    t0 = time.perf_counter()
-    kw = {
-      "steps": config.steps if domain.name.startswith("lm") else config.digits_steps,
-      "warmup": config.warmup if domain.name.startswith("lm") else config.digits_warmup,
-      "eval_every": config.eval_every,
-      "bar": bar,
-    }
-    # One vmapped program per arm: the LR sweep and, for a capped arm, the c sweep.
-    pairs = [(lr, config.speed_limit) for lr in config.lrs]
-    if arm.cap:
-      pairs += [(config.c_lr, c) for c in config.c_entry]
-    cv = train_arm(domain, arm, params0, *zip(*pairs, strict=True), seeds, **kw)
-    n = len(config.lrs)
-    lr_cv = {k: v[:n] for k, v in cv.items()}
-    res = {
-      "c_scale": cap_scale(arm.cap, params0[False][1]) if arm.cap else None,
-      "lr_sweep": summarise(lr_cv, config.eval_every),
-      "lr_curves_seed0": curves_for_json(lr_cv, 10, config.eval_every),
-    }
-    res["lr_sensitivity"] = sens(res["lr_sweep"]["final_val"], domain.cap_loss).tolist()
-    if arm.cap:
-      c_cv = {k: v[n:] for k, v in cv.items()}
-      res["c_sweep"] = summarise(c_cv, config.eval_every)
-      res["c_curves_seed0"] = curves_for_json(c_cv, 10, config.eval_every)
-      res["c_sensitivity"] = sens(res["c_sweep"]["final_val"], domain.cap_loss).tolist()
-    res["seconds"] = time.perf_counter() - t0
-    out["arms"][arm.name] = res
+    out["arms"][arm.name] = run_arm(domain, arm, config, params0, seeds, bar)
   # Wall time of the whole domain (every arm, compilation included) and the load around it.
   out |= {
     "seconds": time.perf_counter() - t_domain,
