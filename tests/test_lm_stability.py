@@ -14,9 +14,18 @@ import optax
 import pytest
 
 import relax_optax
+from benchmarks._common import json_safe, lr_sensitivity
 
 sklearn = pytest.importorskip("sklearn")  # the benchmark's "bench" extra
-from benchmarks.lm_stability import configs, data, optimizers, spikes, sweep  # noqa: E402
+from benchmarks.lm_stability import (  # noqa: E402
+  configs,
+  data,
+  optimizers,
+  per_component,
+  renaming,
+  spikes,
+  sweep,
+)
 
 
 def test_corpus_is_split_by_file_and_excludes_tests(tmp_path):
@@ -67,6 +76,7 @@ def test_stable_adamw_matches_the_formula():
     ("per_param", "per_param", "lorentz"),
     ("per_component", "per_component", "lorentz"),
     ("per_param_reference", "per_param", "reference"),
+    ("per_component_tanh", "per_component", "tanh"),
   ],
 )
 def test_binding_reads_the_uncapped_norm_off_the_capped_update(cap, mode, formula):
@@ -82,13 +92,82 @@ def test_binding_reads_the_uncapped_norm_off_the_capped_update(cap, mode, formul
     v = scale_fn(u)
     if cap == "global":
       expect = float(np.sqrt(sum(np.sum(np.square(x)) for x in u.values())) > c)
-    elif cap == "per_component":
+    elif cap.startswith("per_component"):
       expect = np.mean(np.abs(np.concatenate([np.ravel(x) for x in u.values()])) > c)
     else:
       expect = np.mean([np.linalg.norm(np.ravel(x)) > c for x in u.values()])
     assert float(binding(v)) == pytest.approx(expect), scale
   hard = optax.clip_by_global_norm(c).update({"a": jnp.array([3.0, 4.0])}, None)[0]
   assert float(optimizers.binding("hard_global", hard, c)) == 1.0
+  # optax.clip caps each entry: 2 of the 4 entries exceed c.
+  clipped = optax.clip(c).update({"a": jnp.array([0.5, -3.0, 1.5, 0.99])}, None)[0]
+  assert float(optimizers.binding("hard_component", clipped, c)) == 0.5
+
+
+def test_adam_atan2_matches_the_formula():
+  g1 = {"w": jnp.array([0.3, -2.0, 0.0, 1e-15])}
+  g2 = {"w": jnp.array([0.1, 4.0, 0.0, -1e-15])}
+  tx = optimizers.scale_by_adam_atan2(b1=0.9, b2=0.95, a=1.27, b=2.0)
+  state = tx.init(g1)
+  _, state = tx.update(g1, state)
+  out, _ = tx.update(g2, state)
+  x1, x2 = np.asarray(g1["w"], np.float64), np.asarray(g2["w"], np.float64)
+  m = (0.9 * 0.1 * x1 + 0.1 * x2) / (1 - 0.9**2)
+  v = (0.95 * 0.05 * x1**2 + 0.05 * x2**2) / (1 - 0.95**2)
+  expect = 1.27 * np.arctan2(m, 2.0 * np.sqrt(v))
+  np.testing.assert_allclose(out["w"], expect, rtol=1e-5, atol=1e-30)
+  # Bounded by a·π/2 whatever the gradient; zero where the moments are zero, not NaN.
+  assert np.all(np.abs(np.asarray(out["w"])) <= 1.27 * np.pi / 2)
+  assert float(out["w"][2]) == 0.0
+
+
+def _fake_part(name, finals, kinds):
+  """A study result with the given final losses (arm -> (points, seeds))."""
+  arms = {}
+  for arm, final in finals.items():
+    final = np.asarray(final, float)
+    summary = {"final_val": final.tolist(), "best_val": final.tolist()}
+    summary["max_attn_logit"] = np.full_like(final, 10.0).tolist()
+    key = "c" if kinds[arm] == "c" else "lr"
+    arms[arm] = {
+      f"{key}_sweep": summary,
+      f"{key}_sensitivity": lr_sensitivity(final, np.full(final.shape[1], 5.0)).tolist(),
+    }
+  return {
+    "part": name,
+    "domain": name,
+    "info": {"n_params": 10},
+    "lrs": [1e-3, 1e-2, 1e-1],
+    "c_entry": [1e-4, 1e-3, 1e-2],
+    "cap_loss": 5.0,
+    "arms": arms,
+  }
+
+
+def test_renaming_test_reads_stabiliser_renaming_and_twin():
+  kinds = {"adamw": "lr", "relativistic per_component": "c", "adamw+clip": "c", "lion": "lr"}
+  # Per seed (columns): AdamW has a sharp optimum at lr 1e-2; per_component a flat one
+  # at c 1e-3 (step 1e-2: the same offset, 0 grid steps); adamw+clip is per_component's
+  # copy; lion is flat too but its optimum sits at lr 1e-1.
+  finals = {
+    "adamw": [[4.0, 4.0], [2.0, 2.1], [4.5, 4.4]],
+    "relativistic per_component": [[2.3, 2.3], [2.0, 2.0], [2.4, 2.3]],
+    "adamw+clip": [[2.3, 2.3], [2.0, 2.0], [2.4, 2.3]],
+    "lion": [[2.2, 2.2], [2.1, 2.1], [2.0, 2.0]],
+  }
+  test = renaming.renaming_test({"results": [_fake_part("a", finals, kinds)]})
+  (row,) = test["parts"]
+  assert row["stabiliser"] and test["stabiliser_everywhere"]
+  np.testing.assert_allclose(row["best_c_entry"], [1e-3, 1e-3])
+  np.testing.assert_allclose(row["best_lr"], [1e-2, 1e-2])
+  np.testing.assert_allclose(row["offset_steps"], [0.0, 0.0], atol=1e-12)
+  assert row["twin"] == "adamw+clip"
+  assert row["twins"]["adamw+clip"]["same_best_step"]
+  assert not row["twins"]["lion"]["same_best_step"]
+  # One seed where per_component is the more sensitive: not a stabiliser.
+  finals["relativistic per_component"] = [[2.3, 4.9], [2.0, 2.0], [2.4, 4.9]]
+  (row,) = renaming.renaming_test({"results": [_fake_part("a", finals, kinds)]})["parts"]
+  assert not row["stabiliser"]
 
 
 def _strict_json(path):
@@ -155,3 +234,34 @@ def test_spike_events_follow_the_written_definition():
   assert spikes.spike_events(np.full(40, 2.0)) == (0, 1.0, 0.0)
   n, height, recover = spikes.spike_events(np.concatenate([loss, np.full(5, np.nan)]))
   assert (n, height, recover) == (2, math.inf, 7.5)
+
+
+@pytest.mark.smoke
+def test_per_component_quick_writes_every_run_and_resumes(tmp_path):
+  out = tmp_path / "pc"
+  first = per_component.main(["--quick", "--out", str(out)])
+  data_ = _strict_json(out.with_suffix(".json"))
+  assert (tmp_path / "pc.png").stat().st_size > 0
+  parts = configs.per_component_quick()
+  assert [r["part"] for r in data_["results"]] == [p.name for p in parts]
+  for res, part in zip(data_["results"], parts, strict=True):
+    n_seeds = part.config.seeds
+    assert list(res["arms"]) == [a.name for a in optimizers.selected("lm", part.config.arms)]
+    for name, r in res["arms"].items():
+      # Capped arms over c only (at lr = 1), the others over the LR grid; per seed.
+      key, grid = ("c", res["c_entry"]) if "c_sweep" in r else ("lr", res["lrs"])
+      assert ("c_sweep" in r) == (optimizers.selected("lm", [name])[-1].cap is not None)
+      assert "lr_sweep" not in r or key == "lr", name
+      assert np.shape(r[f"{key}_sweep"]["final_val"]) == (len(grid), n_seeds)
+      assert np.shape(r[f"{key}_sensitivity"]) == (n_seeds,)
+      assert np.all(np.asarray(r[f"{key}_sensitivity"]) >= 0)
+    # Every finished arm is on disk, one file each.
+    assert len(list((tmp_path / "pc_runs").glob("*.json"))) == sum(
+      len(optimizers.selected("lm", p.config.arms)) for p in parts
+    )
+  # A second run trains nothing and returns the same results.
+  second = per_component.main(["--quick", "--out", str(out)])
+  assert json_safe(second["results"]) == _strict_json(out.with_suffix(".json"))["results"]
+  assert _strict_json(out.with_suffix(".json"))["results"] == data_["results"]
+  assert second["config"]["seconds"] < first["config"]["seconds"]
+  assert "| size |" in renaming.markdown(data_)
