@@ -661,6 +661,26 @@ def lm_sizes_short(file: str = "lm_stability_full.json") -> Table:
   return header, rows
 
 
+def _per_component() -> tuple[dict, object]:
+  """The per_component study's JSON and its reporting module (``renaming.py``)."""
+  sys.path.insert(0, str(ROOT))
+  from benchmarks.lm_stability import renaming
+
+  return _load("lm_stability_per_component.json"), renaming
+
+
+def lm_per_component() -> Table:
+  """Is per_component a stabiliser? One row per transformer size (``renaming.py``)."""
+  data, renaming = _per_component()
+  return renaming.test_table(data)
+
+
+def lm_per_component_arms(index: str) -> Table:
+  """Every arm of one size of the per_component study on the sweep of its step size."""
+  data, renaming = _per_component()
+  return renaming.arms_table(data, index)
+
+
 # ----------------------------------------------------------------------------- spike guard
 
 
@@ -760,6 +780,8 @@ TABLES: dict[str, Callable[..., Table]] = {
     lm_logit,
     lm_sizes,
     lm_sizes_short,
+    lm_per_component,
+    lm_per_component_arms,
     spike_guard,
     rgd_nn,
     transformer_example,

@@ -35,8 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import pyplot
-
 SUBJECT, REFERENCE = "relativistic per_component", "adamw"
 
 
@@ -116,45 +114,86 @@ def _range(x) -> str:
 
 
 def _steps(x) -> str:
-  return "/".join(f"{v:g}" for v in np.asarray(x, float))
+  return " / ".join(f"{v:g}" for v in np.asarray(x, float))
+
+
+Table = tuple[list[str], list[list[str]]]  # header, rows; ``code`` as in docs/generate.py
+
+
+def test_table(data: dict) -> Table:
+  """One row per part: the stabiliser test, the best c against AdamW's best LR, the twin."""
+  header = [
+    "size",
+    "parameters",
+    "``per_component``: c sensitivity",
+    "AdamW: LR sensitivity",
+    "lower in every seed",
+    "best c_entry, per seed",
+    "AdamW's best LR, per seed",
+    "nearest twin",
+  ]
+  rows = [
+    [
+      r["part"],
+      f"{r['n_params']:,}",
+      _range(r["subject_sensitivity"]),
+      _range(r["reference_sensitivity"]),
+      "yes" if r["stabiliser"] else "no",
+      _steps(r["best_c_entry"]),
+      _steps(r["best_lr"]),
+      f"``{r['twin']}``",
+    ]
+    for r in renaming_test(data)["parts"]
+  ]
+  return header, rows
+
+
+def arms_table(data: dict, index: int | str) -> Table:
+  """Every arm of one part on the sweep that sets its step size."""
+  r = renaming_test(data)["parts"][int(index)]
+  header = [
+    "arm",
+    "swept",
+    "sensitivity (seed range)",
+    "best step, per seed",
+    "best loss",
+    "largest attention logit",
+  ]
+  rows = [
+    [
+      f"``{name}``",
+      "c at lr 1" if a["kind"] == "c" else "lr",
+      _range(a["sensitivity"]),
+      _steps(a["best_step"]),
+      f"{np.mean(a['best_loss']):.3f}",
+      f"{a['max_logit']:.3g}",
+    ]
+    for name, a in r["arms"].items()
+  ]
+  return header, rows
+
+
+def _markdown(table: Table) -> str:
+  header, rows = table
+  lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines).replace("``", "`")
 
 
 def markdown(data: dict) -> str:
-  """The study's tables: the test per part, then every arm per part."""
-  test = renaming_test(data)
-  out = [
-    "| size | parameters | `per_component` c sensitivity | AdamW LR sensitivity |"
-    " below in every seed | best c_entry (per seed) | AdamW best LR (per seed) |"
-    " nearest twin |",
-    "| --- | ---: | ---: | ---: | :---: | ---: | ---: | --- |",
-  ]
-  for r in test["parts"]:
-    out.append(
-      f"| {r['part']} | {r['n_params']:,} | {_range(r['subject_sensitivity'])} |"
-      f" {_range(r['reference_sensitivity'])} | {'yes' if r['stabiliser'] else 'no'} |"
-      f" {_steps(r['best_c_entry'])} | {_steps(r['best_lr'])} | `{r['twin']}` |"
-    )
-  for r in test["parts"]:
-    out += [
-      "",
-      f"{r['part']} ({r['n_params']:,} parameters): every arm on the sweep that sets its"
-      " step size (lr, or c at lr = 1; step = lr or 10·c_entry):",
-      "",
-      "| arm | swept | sensitivity (seed range) | best step (per seed) | best loss |"
-      " largest attention logit |",
-      "| --- | :---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, a in r["arms"].items():
-      out.append(
-        f"| `{name}` | {a['kind']} | {_range(a['sensitivity'])} | {_steps(a['best_step'])} |"
-        f" {np.mean(a['best_loss']):.3f} | {a['max_logit']:.3g} |"
-      )
+  """The study's tables: the test per part, then every arm per part (step: the LR, or
+  10·c_entry for a capped arm)."""
+  out = [_markdown(test_table(data))]
+  for i, res in enumerate(data["results"]):
+    out += ["", f"{res.get('part', res['domain'])}:", "", _markdown(arms_table(data, i))]
   return "\n".join(out)
 
 
 def plot(data: dict, path: Path) -> None:
   """Final validation loss against the per-entry step (lr, or 10·c at lr = 1), one panel
   per part (mean over seeds, seed range shaded), and the sensitivities per part."""
+  from benchmarks._common import pyplot  # jax, flax: not needed for the tables
+
   plt = pyplot()
   results = data["results"]
   n = len(results)
