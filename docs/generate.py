@@ -719,6 +719,130 @@ def rgd_nn() -> Table:
   return header, rows
 
 
+RGD_METHODS = ("CM", "NAG", "RGD")
+RGD_PROBLEMS = {
+  "corr_quad": "correlated quadratic",
+  "random_quad": "random quadratic",
+  "rosenbrock": "Rosenbrock (d = 100)",
+  "booth": "Booth",
+  "matyas": "Matyas",
+  "beale": "Beale",
+  "camel": "three-hump camel",
+  "levi": "Levi N.13",
+  "matrix_completion": "matrix completion",
+}
+
+
+def _iters(k: int | None, horizon: int) -> str:
+  return f">{horizon}" if k is None else str(k)
+
+
+def _held_out(ks: list[int | None], horizon: int) -> str:
+  """benchmarks/rgd_paper.py's median over held-out instances (never reached: K + 1)."""
+  med = float(np.median([horizon + 1 if k is None else k for k in ks]))
+  return f">{horizon}" if med > horizon else f"{med:.0f}"
+
+
+def _f(x: float | None) -> str:
+  """An f(x_K): one significant digit, ``4e-4`` rather than ``4e-04``."""
+  if x is None or math.isnan(x):
+    return "nan"
+  if x == 0 or abs(x) >= 1e-3:
+    return f"{x:.2g}"
+  mantissa, exponent = f"{x:.0e}".split("e")
+  return f"{mantissa}e{int(exponent)}"
+
+
+def _bold(text: str, on: bool) -> str:
+  return f"**{text}**" if on else text
+
+
+def rgd_paper(file: str = "rgd_paper.json") -> Table:
+  """Tuned CM / NAG / RGD per problem: iterations to tolerance (held-out median), f(x_K),
+  the share of finite candidates; the authors' published values below where they exist."""
+  d = _load(file)
+  header = [
+    "problem",
+    "CM iters",
+    "NAG iters",
+    "RGD iters",
+    "CM / NAG / RGD ``f(x_K)``",
+    "finite candidates CM / NAG / RGD",
+  ]
+  rows = []
+  for name, p in d["problems"].items():
+    horizon, tuned, best = p["iterations"], p["tuned"], d["best"][name]
+    fastest = (best.get("iters_to_tol") or "").split("=")
+    held_best = (best.get("held_out_iters_to_tol") or "").split("=")
+    cells = []
+    for m in RGD_METHODS:
+      e = tuned[m]
+      text = _bold(_iters(e["iters_to_tol"], horizon), m in fastest)
+      if e["tuning"]["finite_fraction"] == 0:
+        text += " (all diverged)"
+      elif p["held_out_seeds"]:
+        held = _bold(_held_out(e["seeds"]["iters_to_tol"], horizon), m in held_best)
+        text += f" ({'held-out ' if m == 'CM' else ''}{held})"
+      cells.append(text)
+    # f(x_K) below the rounding floor (floor·f(x_0)) is a tie, decided by the mean log f.
+    floor = p["floor"] * tuned["CM"]["curve"][0]
+    final = {m: tuned[m]["final_f"] for m in RGD_METHODS}
+    at_floor = [m for m in RGD_METHODS if final[m] is not None and final[m] <= floor]
+    if len(at_floor) == len(RGD_METHODS):
+      f_cell = "all at the rounding floor"
+    else:
+      f_cell = " / ".join(
+        _bold(_f(final[m]), m == best["f(x_K)"] and len(at_floor) < 2) for m in RGD_METHODS
+      )
+    finite = [e["tuning"]["finite_fraction"] for e in (tuned[m] for m in RGD_METHODS)]
+    finite_cell = (
+      "100 % each"
+      if all(x == 1 for x in finite)
+      else " / ".join(f"{100 * x:.0f} %" for x in finite)
+    )
+    rows.append([RGD_PROBLEMS.get(name, name), *cells, f_cell, finite_cell])
+    if p["published"]:
+      pub = p["published"]
+      rows.append(
+        [
+          "↳ authors' published values",
+          *(_iters(pub[m]["iters_to_tol"], horizon) for m in RGD_METHODS),
+          " / ".join(_f(pub[m]["final_f"]) for m in RGD_METHODS),
+          "",
+        ]
+      )
+  return header, rows
+
+
+RGD_SEARCHES = {
+  "rgd_paper.json": "default (uniform, seed 0, 512)",
+  "rgd_paper_search1.json": "search seed 1",
+  "rgd_paper_logstep.json": "log-uniform step size",
+  "rgd_paper_budget2048.json": "budget 2048",
+}
+
+
+def rgd_robustness() -> Table:
+  """Iterations to tolerance of tuned CM / NAG / RGD in each search (the fastest in bold)."""
+  runs = {label: _load(f) for f, label in RGD_SEARCHES.items()}
+  header = ["problem", *runs]
+  first = next(iter(runs.values()))
+  rows = []
+  for name in first["problems"]:
+    cells = []
+    for d in runs.values():
+      p = d["problems"][name]
+      fastest = (d["best"][name].get("iters_to_tol") or "").split("=")
+      cells.append(
+        " / ".join(
+          _bold(_iters(p["tuned"][m]["iters_to_tol"], p["iterations"]), m in fastest)
+          for m in RGD_METHODS
+        )
+      )
+    rows.append([RGD_PROBLEMS.get(name, name).removesuffix(" (d = 100)"), *cells])
+  return header, rows
+
+
 # ----------------------------------------------------------------------------- examples
 
 
@@ -762,6 +886,8 @@ TABLES: dict[str, Callable[..., Table]] = {
     lm_sizes_short,
     spike_guard,
     rgd_nn,
+    rgd_paper,
+    rgd_robustness,
     transformer_example,
   ]
 }
