@@ -661,6 +661,92 @@ def lm_sizes_short(file: str = "lm_stability_full.json") -> Table:
   return header, rows
 
 
+def _logit(x: float) -> str:
+  return _sci(x) if x >= 1e4 else f"{x:.0f}"
+
+
+def lm_scheduled_c(
+  file: str = "lm_stability_scheduled_c.json", base: str = "lm_stability.json"
+) -> Table:
+  """AdamW, ``global`` with a constant c (from the default run) and with c following the
+  learning-rate schedule: sensitivities, best loss, attention logit at the top LR."""
+  runs = _load(file)["results"]
+  constant = {r["domain"]: r["arms"]["relativistic global"] for r in _load(base)["results"]}
+  lm, other = runs[0], runs[1]
+  top = lm["lrs"][-1]
+  header = [
+    "arm",
+    "transformer: LR sens.",
+    f"c sens. (lr = {lm['c_lr']:g})",
+    "best val",
+    f"max attn. logit, lr = {top:g}",
+    f"{other['domain'].split()[0]}: LR sens.",
+    f"c sens. (lr = {other['c_lr']:g})",
+  ]
+  arms = {"``adamw``": "adamw", "``relativistic global`` (constant c)": None}
+  arms |= {f"``{a}``": a for a in lm["arms"] if a != "adamw"}
+  rows = []
+  for label, name in arms.items():
+    r_lm, r_other = (
+      (res["arms"][name] if name else constant[res["domain"]]) for res in (lm, other)
+    )
+    c_sens = lambda r: _sens(r["c_sensitivity"]) if "c_sensitivity" in r else "–"
+    logit = float(np.median(np.asarray(r_lm["lr_sweep"]["max_attn_logit"][-1], float)))
+    rows.append(
+      [
+        label,
+        _sens(r_lm["lr_sensitivity"]),
+        c_sens(r_lm),
+        f"{_best_val(r_lm):.3f}",
+        _logit(logit),
+        _sens(r_other["lr_sensitivity"]),
+        c_sens(r_other),
+      ]
+    )
+  return header, rows
+
+
+def lm_step_time(file: str = "lm_stability_step_time.json") -> Table:
+  """The transformer's train step, jitted and as ``nnx.Optimizer``: median ms and the
+  median over rounds of each round's ratio to ``optax.adamw``."""
+  d = _load(file)["results"]
+  header = ["optimizer", "jit step (ms, median)", "ratio", "``nnx.Optimizer`` step (ms)", "ratio"]
+  rows = [
+    [
+      " ".join(f"``{part}``" for part in name.split(" ", 1)),
+      f"{r['jit_step_ms']:.2f}",
+      f"{r['jit_ratio']:.3f}",
+      f"{r['nnx_step_ms']:.2f}",
+      f"{r['nnx_ratio']:.3f}",
+    ]
+    for name, r in d.items()
+  ]
+  return header, rows
+
+
+SPIKE_METRICS = {
+  "final_val": lambda s: f"{np.mean(s['final_val']):.3f}",
+  "spikes": lambda s: (
+    f"{np.mean(s['n_spikes']):.2g} / {np.mean(s['max_height']):.2f}"
+    f" / {np.mean(s['recover_steps']):.0f}"
+  ),
+  "update_norm_peak": lambda s: f"{np.mean(s['update_norm_peak']):.2f}",
+}
+
+
+def lm_spikes(metric: str, file: str = "lm_stability_spikes.json") -> Table:
+  """One measure of ``--spikes`` (mean over seeds) per arm and scenario, as
+  benchmarks/lm_stability/report.py's ``spike_table`` summarises it: ``final_val``,
+  ``spikes`` (loss spikes per run / highest loss ratio / steps to recover) or
+  ``update_norm_peak``."""
+  d = _load(file)
+  names = [sc["name"] for sc in d["config"]["scenarios"]]
+  cell = SPIKE_METRICS[metric]
+  header = ["arm", *names]
+  rows = [[arm, *(cell(r["scenarios"][n]) for n in names)] for arm, r in d["arms"].items()]
+  return header, rows
+
+
 # ----------------------------------------------------------------------------- spike guard
 
 
@@ -884,6 +970,9 @@ TABLES: dict[str, Callable[..., Table]] = {
     lm_logit,
     lm_sizes,
     lm_sizes_short,
+    lm_scheduled_c,
+    lm_step_time,
+    lm_spikes,
     spike_guard,
     rgd_nn,
     rgd_paper,
