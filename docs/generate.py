@@ -191,6 +191,44 @@ def step_overhead_sizes() -> Table:
   return header, rows
 
 
+def readme_costs() -> Table:
+  """The README's digest, ``lorentz``: compile seconds at the two largest leaf counts, the
+  step's ratio to ``optax.adam`` at the largest size (few large / many small leaves)."""
+  compile_d = _load("compile_time.json")
+  seconds = {(r["name"], r["leaves"]): r["total_s"] for r in compile_d["rows"]}
+  step = _load("step_overhead.json")["rows"]
+  size = max(r["size"] for r in step)
+  few, many = (
+    next(r for r in step if r["size"] == size and r["layout"] == layout)
+    for layout in ("few_large", "many_small")
+  )
+  modes = ("global", "per_param", "per_component")
+  header = [
+    "",
+    "``optax.adam``",
+    "Adam + ``clip_by_global_norm``",
+    "``relativistic_adam`` ``global``",
+    "``per_param``",
+    "``per_component``",
+  ]
+  rows = []
+  for i, n in enumerate(compile_d["meta"]["leaves"][-2:]):
+    names = ("adam", "adam+clip", *(f"radam:{m}:lorentz" for m in modes))
+    label = f"compile, {n:,} " + ("transformer-shaped leaves" if i == 0 else "leaves")
+    rows.append([label, *(f"{seconds[name, n]:.1f} s" for name in names)])
+  ratio = lambda key: f"{few[key]:.2f}x / {many[key]:.2f}x"
+  label = f"one step, {size:.0e} parameters ({few['leaves']} / {many['leaves']} leaves)"
+  rows.append(
+    [
+      label.replace("e+0", "e"),
+      "1x",
+      ratio("adam+clip_ratio"),
+      *(ratio(f"{m}/lorentz_ratio") for m in modes),
+    ]
+  )
+  return header, rows
+
+
 # ----------------------------------------------------------------------------- high LR
 
 
@@ -747,6 +785,43 @@ def lm_spikes(metric: str, file: str = "lm_stability_spikes.json") -> Table:
   return header, rows
 
 
+# ----------------------------------------------------------------------------- relative limit
+
+
+def relative_pass_through() -> Table:
+  """benchmarks/relative_pass_through.py: the relative change of log-normal streams."""
+  d = _load("relative_pass_through.json")
+  header = [
+    "σ",
+    "k",
+    "c / (k·RMS)",
+    "mean change",
+    "median",
+    "99th pct",
+    "step of 2·RMS",
+    "bound (1/k)²/2",
+  ]
+  rows = [
+    [
+      f"{r['sigma']:g}",
+      f"{r['k']:g}",
+      *(
+        f"{r[key]:.3f}"
+        for key in (
+          "c_over_k_rms",
+          "mean_change",
+          "median_change",
+          "p99_change",
+          "change_at_2rms",
+          "bound",
+        )
+      ),
+    ]
+    for r in d["rows"]
+  ]
+  return header, rows
+
+
 # ----------------------------------------------------------------------------- spike guard
 
 
@@ -952,6 +1027,7 @@ TABLES: dict[str, Callable[..., Table]] = {
     backend_paths,
     step_overhead,
     step_overhead_sizes,
+    readme_costs,
     compile_time,
     high_lr,
     lr_sensitivity,
@@ -973,6 +1049,7 @@ TABLES: dict[str, Callable[..., Table]] = {
     lm_scheduled_c,
     lm_step_time,
     lm_spikes,
+    relative_pass_through,
     spike_guard,
     rgd_nn,
     rgd_paper,
