@@ -7,6 +7,8 @@ Build (from the repository root)::
   sphinx-build -W -n -b doctest docs docs/_build/doctest  # run the pages' code blocks
 """
 
+import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -63,9 +65,8 @@ autodoc_type_aliases = {
   ]
 }
 # The core's own aliases link to their entries on the API page.
-autodoc_type_aliases |= {
-  name: f"relax_optax.{name}" for name in ["Mode", "Formula", "BiasCorrection", "SpeedLimit"]
-}
+CORE_ALIASES = ["Mode", "Formula", "BiasCorrection", "SpeedLimit", "AxisName"]
+autodoc_type_aliases |= {name: f"relax_optax.{name}" for name in CORE_ALIASES}
 # Signatures one parameter per line, as Optax's reference shows them.
 maximum_signature_line_length = 68
 autodoc_default_options = {"members": True, "undoc-members": False}
@@ -115,3 +116,45 @@ html_theme_options = {
   "home_page_in_toc": True,
 }
 html_show_sourcelink = False
+
+
+# A function's signature as its source writes the types. Sphinx evaluates the annotations
+# and prints what they expand to (``jax.typing.DTypeLike`` as a union of five types, an
+# alias in a union with ``None`` as ``TypeAliasForwardRef('optax.ScalarOrSchedule')``), or,
+# where one name does not evaluate (``optax.Params``), keeps every annotation of that
+# function unqualified. The source's text (``from __future__ import annotations``: every
+# annotation is a string) reads as the code does; the core's aliases are qualified so that
+# they link to the API page.
+_CORE_ALIAS = re.compile(r"(?<![\w.])(" + "|".join(CORE_ALIASES) + r")\b")
+
+
+class _AsWritten:
+  """An annotation that ``inspect`` prints as its text."""
+
+  def __init__(self, text: str):
+    self.text = _CORE_ALIAS.sub(r"relax_optax.\1", text)
+
+  def __repr__(self) -> str:
+    return self.text
+
+
+def _written(annotation):
+  if annotation is inspect.Signature.empty:
+    return annotation
+  if isinstance(annotation, str):
+    return _AsWritten(annotation)
+  return _AsWritten(inspect.formatannotation(annotation))
+
+
+def signature_as_written(app, what, name, obj, options, signature, return_annotation):
+  if what != "function" or not getattr(obj, "__module__", "").startswith("relax_optax"):
+    return None
+  sig = inspect.signature(obj)
+  params = [p.replace(annotation=_written(p.annotation)) for p in sig.parameters.values()]
+  returns = _written(sig.return_annotation)
+  text = str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+  return text, None if returns is inspect.Signature.empty else repr(returns)
+
+
+def setup(app):
+  app.connect("autodoc-process-signature", signature_as_written)

@@ -191,6 +191,44 @@ def step_overhead_sizes() -> Table:
   return header, rows
 
 
+def readme_costs() -> Table:
+  """The README's digest, ``lorentz``: compile seconds at the two largest leaf counts, the
+  step's ratio to ``optax.adam`` at the largest size (few large / many small leaves)."""
+  compile_d = _load("compile_time.json")
+  seconds = {(r["name"], r["leaves"]): r["total_s"] for r in compile_d["rows"]}
+  step = _load("step_overhead.json")["rows"]
+  size = max(r["size"] for r in step)
+  few, many = (
+    next(r for r in step if r["size"] == size and r["layout"] == layout)
+    for layout in ("few_large", "many_small")
+  )
+  modes = ("global", "per_param", "per_component")
+  header = [
+    "",
+    "``optax.adam``",
+    "Adam + ``clip_by_global_norm``",
+    "``relativistic_adam`` ``global``",
+    "``per_param``",
+    "``per_component``",
+  ]
+  rows = []
+  for i, n in enumerate(compile_d["meta"]["leaves"][-2:]):
+    names = ("adam", "adam+clip", *(f"radam:{m}:lorentz" for m in modes))
+    label = f"compile, {n:,} " + ("transformer-shaped leaves" if i == 0 else "leaves")
+    rows.append([label, *(f"{seconds[name, n]:.1f} s" for name in names)])
+  ratio = lambda key: f"{few[key]:.2f}x / {many[key]:.2f}x"
+  label = f"one step, {size:.0e} parameters ({few['leaves']} / {many['leaves']} leaves)"
+  rows.append(
+    [
+      label.replace("e+0", "e"),
+      "1x",
+      ratio("adam+clip_ratio"),
+      *(ratio(f"{m}/lorentz_ratio") for m in modes),
+    ]
+  )
+  return header, rows
+
+
 # ----------------------------------------------------------------------------- high LR
 
 
@@ -681,6 +719,129 @@ def lm_per_component_arms(index: str) -> Table:
   return renaming.arms_table(data, index)
 
 
+def _logit(x: float) -> str:
+  return _sci(x) if x >= 1e4 else f"{x:.0f}"
+
+
+def lm_scheduled_c(
+  file: str = "lm_stability_scheduled_c.json", base: str = "lm_stability.json"
+) -> Table:
+  """AdamW, ``global`` with a constant c (from the default run) and with c following the
+  learning-rate schedule: sensitivities, best loss, attention logit at the top LR."""
+  runs = _load(file)["results"]
+  constant = {r["domain"]: r["arms"]["relativistic global"] for r in _load(base)["results"]}
+  lm, other = runs[0], runs[1]
+  top = lm["lrs"][-1]
+  header = [
+    "arm",
+    "transformer: LR sens.",
+    f"c sens. (lr = {lm['c_lr']:g})",
+    "best val",
+    f"max attn. logit, lr = {top:g}",
+    f"{other['domain'].split()[0]}: LR sens.",
+    f"c sens. (lr = {other['c_lr']:g})",
+  ]
+  arms = {"``adamw``": "adamw", "``relativistic global`` (constant c)": None}
+  arms |= {f"``{a}``": a for a in lm["arms"] if a != "adamw"}
+  rows = []
+  for label, name in arms.items():
+    r_lm, r_other = (
+      (res["arms"][name] if name else constant[res["domain"]]) for res in (lm, other)
+    )
+    c_sens = lambda r: _sens(r["c_sensitivity"]) if "c_sensitivity" in r else "–"
+    logit = float(np.median(np.asarray(r_lm["lr_sweep"]["max_attn_logit"][-1], float)))
+    rows.append(
+      [
+        label,
+        _sens(r_lm["lr_sensitivity"]),
+        c_sens(r_lm),
+        f"{_best_val(r_lm):.3f}",
+        _logit(logit),
+        _sens(r_other["lr_sensitivity"]),
+        c_sens(r_other),
+      ]
+    )
+  return header, rows
+
+
+def lm_step_time(file: str = "lm_stability_step_time.json") -> Table:
+  """The transformer's train step, jitted and as ``nnx.Optimizer``: median ms and the
+  median over rounds of each round's ratio to ``optax.adamw``."""
+  d = _load(file)["results"]
+  header = ["optimizer", "jit step (ms, median)", "ratio", "``nnx.Optimizer`` step (ms)", "ratio"]
+  rows = [
+    [
+      " ".join(f"``{part}``" for part in name.split(" ", 1)),
+      f"{r['jit_step_ms']:.2f}",
+      f"{r['jit_ratio']:.3f}",
+      f"{r['nnx_step_ms']:.2f}",
+      f"{r['nnx_ratio']:.3f}",
+    ]
+    for name, r in d.items()
+  ]
+  return header, rows
+
+
+SPIKE_METRICS = {
+  "final_val": lambda s: f"{np.mean(s['final_val']):.3f}",
+  "spikes": lambda s: (
+    f"{np.mean(s['n_spikes']):.2g} / {np.mean(s['max_height']):.2f}"
+    f" / {np.mean(s['recover_steps']):.0f}"
+  ),
+  "update_norm_peak": lambda s: f"{np.mean(s['update_norm_peak']):.2f}",
+}
+
+
+def lm_spikes(metric: str, file: str = "lm_stability_spikes.json") -> Table:
+  """One measure of ``--spikes`` (mean over seeds) per arm and scenario, as
+  benchmarks/lm_stability/report.py's ``spike_table`` summarises it: ``final_val``,
+  ``spikes`` (loss spikes per run / highest loss ratio / steps to recover) or
+  ``update_norm_peak``."""
+  d = _load(file)
+  names = [sc["name"] for sc in d["config"]["scenarios"]]
+  cell = SPIKE_METRICS[metric]
+  header = ["arm", *names]
+  rows = [[arm, *(cell(r["scenarios"][n]) for n in names)] for arm, r in d["arms"].items()]
+  return header, rows
+
+
+# ----------------------------------------------------------------------------- relative limit
+
+
+def relative_pass_through() -> Table:
+  """benchmarks/relative_pass_through.py: the relative change of log-normal streams."""
+  d = _load("relative_pass_through.json")
+  header = [
+    "σ",
+    "k",
+    "c / (k·RMS)",
+    "mean change",
+    "median",
+    "99th pct",
+    "step of 2·RMS",
+    "bound (1/k)²/2",
+  ]
+  rows = [
+    [
+      f"{r['sigma']:g}",
+      f"{r['k']:g}",
+      *(
+        f"{r[key]:.3f}"
+        for key in (
+          "c_over_k_rms",
+          "mean_change",
+          "median_change",
+          "p99_change",
+          "change_at_2rms",
+          "bound",
+        )
+      ),
+    ]
+    for r in d["rows"]
+  ]
+  return header, rows
+
+
 # ----------------------------------------------------------------------------- spike guard
 
 
@@ -739,6 +900,130 @@ def rgd_nn() -> Table:
   return header, rows
 
 
+RGD_METHODS = ("CM", "NAG", "RGD")
+RGD_PROBLEMS = {
+  "corr_quad": "correlated quadratic",
+  "random_quad": "random quadratic",
+  "rosenbrock": "Rosenbrock (d = 100)",
+  "booth": "Booth",
+  "matyas": "Matyas",
+  "beale": "Beale",
+  "camel": "three-hump camel",
+  "levi": "Levi N.13",
+  "matrix_completion": "matrix completion",
+}
+
+
+def _iters(k: int | None, horizon: int) -> str:
+  return f">{horizon}" if k is None else str(k)
+
+
+def _held_out(ks: list[int | None], horizon: int) -> str:
+  """benchmarks/rgd_paper.py's median over held-out instances (never reached: K + 1)."""
+  med = float(np.median([horizon + 1 if k is None else k for k in ks]))
+  return f">{horizon}" if med > horizon else f"{med:.0f}"
+
+
+def _f(x: float | None) -> str:
+  """An f(x_K): one significant digit, ``4e-4`` rather than ``4e-04``."""
+  if x is None or math.isnan(x):
+    return "nan"
+  if x == 0 or abs(x) >= 1e-3:
+    return f"{x:.2g}"
+  mantissa, exponent = f"{x:.0e}".split("e")
+  return f"{mantissa}e{int(exponent)}"
+
+
+def _bold(text: str, on: bool) -> str:
+  return f"**{text}**" if on else text
+
+
+def rgd_paper(file: str = "rgd_paper.json") -> Table:
+  """Tuned CM / NAG / RGD per problem: iterations to tolerance (held-out median), f(x_K),
+  the share of finite candidates; the authors' published values below where they exist."""
+  d = _load(file)
+  header = [
+    "problem",
+    "CM iters",
+    "NAG iters",
+    "RGD iters",
+    "CM / NAG / RGD ``f(x_K)``",
+    "finite candidates CM / NAG / RGD",
+  ]
+  rows = []
+  for name, p in d["problems"].items():
+    horizon, tuned, best = p["iterations"], p["tuned"], d["best"][name]
+    fastest = (best.get("iters_to_tol") or "").split("=")
+    held_best = (best.get("held_out_iters_to_tol") or "").split("=")
+    cells = []
+    for m in RGD_METHODS:
+      e = tuned[m]
+      text = _bold(_iters(e["iters_to_tol"], horizon), m in fastest)
+      if e["tuning"]["finite_fraction"] == 0:
+        text += " (all diverged)"
+      elif p["held_out_seeds"]:
+        held = _bold(_held_out(e["seeds"]["iters_to_tol"], horizon), m in held_best)
+        text += f" ({'held-out ' if m == 'CM' else ''}{held})"
+      cells.append(text)
+    # f(x_K) below the rounding floor (floor·f(x_0)) is a tie, decided by the mean log f.
+    floor = p["floor"] * tuned["CM"]["curve"][0]
+    final = {m: tuned[m]["final_f"] for m in RGD_METHODS}
+    at_floor = [m for m in RGD_METHODS if final[m] is not None and final[m] <= floor]
+    if len(at_floor) == len(RGD_METHODS):
+      f_cell = "all at the rounding floor"
+    else:
+      f_cell = " / ".join(
+        _bold(_f(final[m]), m == best["f(x_K)"] and len(at_floor) < 2) for m in RGD_METHODS
+      )
+    finite = [e["tuning"]["finite_fraction"] for e in (tuned[m] for m in RGD_METHODS)]
+    finite_cell = (
+      "100 % each"
+      if all(x == 1 for x in finite)
+      else " / ".join(f"{100 * x:.0f} %" for x in finite)
+    )
+    rows.append([RGD_PROBLEMS.get(name, name), *cells, f_cell, finite_cell])
+    if p["published"]:
+      pub = p["published"]
+      rows.append(
+        [
+          "↳ authors' published values",
+          *(_iters(pub[m]["iters_to_tol"], horizon) for m in RGD_METHODS),
+          " / ".join(_f(pub[m]["final_f"]) for m in RGD_METHODS),
+          "",
+        ]
+      )
+  return header, rows
+
+
+RGD_SEARCHES = {
+  "rgd_paper.json": "default (uniform, seed 0, 512)",
+  "rgd_paper_search1.json": "search seed 1",
+  "rgd_paper_logstep.json": "log-uniform step size",
+  "rgd_paper_budget2048.json": "budget 2048",
+}
+
+
+def rgd_robustness() -> Table:
+  """Iterations to tolerance of tuned CM / NAG / RGD in each search (the fastest in bold)."""
+  runs = {label: _load(f) for f, label in RGD_SEARCHES.items()}
+  header = ["problem", *runs]
+  first = next(iter(runs.values()))
+  rows = []
+  for name in first["problems"]:
+    cells = []
+    for d in runs.values():
+      p = d["problems"][name]
+      fastest = (d["best"][name].get("iters_to_tol") or "").split("=")
+      cells.append(
+        " / ".join(
+          _bold(_iters(p["tuned"][m]["iters_to_tol"], p["iterations"]), m in fastest)
+          for m in RGD_METHODS
+        )
+      )
+    rows.append([RGD_PROBLEMS.get(name, name).removesuffix(" (d = 100)"), *cells])
+  return header, rows
+
+
 # ----------------------------------------------------------------------------- examples
 
 
@@ -762,6 +1047,7 @@ TABLES: dict[str, Callable[..., Table]] = {
     backend_paths,
     step_overhead,
     step_overhead_sizes,
+    readme_costs,
     compile_time,
     high_lr,
     lr_sensitivity,
@@ -782,8 +1068,14 @@ TABLES: dict[str, Callable[..., Table]] = {
     lm_sizes_short,
     lm_per_component,
     lm_per_component_arms,
+    lm_scheduled_c,
+    lm_step_time,
+    lm_spikes,
+    relative_pass_through,
     spike_guard,
     rgd_nn,
+    rgd_paper,
+    rgd_robustness,
     transformer_example,
   ]
 }

@@ -639,6 +639,26 @@ def test_spike_guard_quick(tmp_path):
   assert curves["guard k=2"]["update_norm_w1"][step] < curves["adamw"]["update_norm_w1"][step]
 
 
+@pytest.mark.smoke
+def test_pass_through_benchmark_on_a_short_stream(tmp_path):
+  """benchmarks/relative_pass_through.py: a constant norm settles at c = k·n and each step
+  is scaled by 1/sqrt(1 + 1/k²); a heavy tail changes the median step less, outliers more."""
+  pytest.importorskip("matplotlib")
+  from benchmarks import relative_pass_through
+
+  k = 2.0
+  args = ["--steps", "300", "--start", "200", "--decay", "0.9", "--warmup-steps", "20"]
+  args += ["--sigmas", "0", "1", "--ks", str(k), "--out", str(tmp_path / "pass")]
+  steady, tail = relative_pass_through.main(args)["rows"]
+  assert (tmp_path / "pass.json").exists() and (tmp_path / "pass.png").exists()
+  np.testing.assert_allclose(steady["c_over_k_rms"], 1.0, rtol=1e-4)
+  for key in ("mean_change", "median_change", "p99_change"):
+    np.testing.assert_allclose(steady[key], 1 - 1 / np.sqrt(1 + 1 / k**2), rtol=1e-4)
+  np.testing.assert_allclose(steady["change_at_2rms"], 1 - 1 / np.sqrt(1 + (2 / k) ** 2), rtol=1e-4)
+  assert steady["mean_change"] <= steady["bound"] == (1 / k) ** 2 / 2
+  assert tail["median_change"] < steady["median_change"] < tail["p99_change"]
+
+
 # ---------------------------------------------------------------------------
 # Edges found by adversarial testing, each failing before its fix.
 # ---------------------------------------------------------------------------
