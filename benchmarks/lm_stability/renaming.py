@@ -14,13 +14,15 @@ The test, per size (width 64, 128, 192, and width 128 trained twice as long):
 2. **Renaming**: the best c (per seed, the grid point of lowest final validation loss)
    moves across sizes as AdamW's best learning rate does: the offset
    ``log10(10·c_best / lr_best)``, in grid steps, stays the same.
-3. **Its twin**: the arm whose sensitivity (mean and seed range), best loss and best
-   grid point are closest to ``per_component``'s at every size; if the hard elementwise
-   cap (``adamw+clip``) matches it, the soft cap is a hard cap by another name.
+3. **Its twin**: the arm with the same best step (lr, or 10·c) as ``per_component`` in
+   the most seeds and, among those, the closest sensitivity (mean absolute difference
+   over paired seeds); if the hard elementwise cap (``adamw+clip``) matches it, the soft
+   cap is a hard cap by another name.
 
 Reported with it: the best validation loss (per seed the lowest over the sweep and its
-evaluations; mean over seeds) and the largest attention logit anywhere in the sweep
-(per grid point the median over seeds; the maximum over grid points).
+evaluations; mean over seeds) and the largest attention logit over training, at each
+seed's best grid point and at the top of the sweep (per-entry step 1: lr = 1, or
+c_entry = 0.1 at lr = 1), median over seeds.
 
 ``python -m benchmarks.lm_stability.renaming RESULTS.json [--replot]`` prints the tables
 (and redraws the plot next to the JSON).
@@ -53,10 +55,10 @@ def arm_summary(res: dict, name: str) -> dict:
   grid = np.asarray(res["c_entry"] if kind == "c" else res["lrs"], float)
   final = np.asarray(s["final_val"], float)  # (points, seeds)
   best_idx = np.argmin(np.where(np.isfinite(final), final, np.inf), 0)
+  logits = np.asarray(s["max_attn_logit"], float)  # (points, seeds); NaN: diverged
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     best = np.nanmin(np.asarray(s["best_val"], float), 0)
-    logit = np.nanmax(np.nanmedian(np.asarray(s["max_attn_logit"], float), 1))
   # Per-entry step: the LR, or 10·c (the c grid is the LR grid / 10).
   step = grid * (10.0 if kind == "c" else 1.0)
   return {
@@ -64,7 +66,8 @@ def arm_summary(res: dict, name: str) -> dict:
     "sensitivity": np.asarray(sens, float),
     "best_step": step[best_idx],
     "best_loss": best,
-    "max_logit": float(logit),
+    "logit_at_best": float(np.median(logits[best_idx, np.arange(logits.shape[1])])),
+    "logit_at_top": float(np.median(logits[-1])),
   }
 
 
@@ -79,10 +82,12 @@ def renaming_test(data: dict) -> dict:
     for name, a in arms.items():
       if name in (SUBJECT, REFERENCE):
         continue
+      same = np.isclose(a["best_step"], subject["best_step"])
       twins[name] = {
         "sensitivity_gap": float(np.mean(np.abs(a["sensitivity"] - subject["sensitivity"]))),
         "best_loss_gap": float(np.mean(a["best_loss"]) - np.mean(subject["best_loss"])),
-        "same_best_step": bool(np.all(np.isclose(a["best_step"], subject["best_step"]))),
+        "same_best_step": bool(np.all(same)),
+        "other_best_step_seeds": int(np.sum(~same)),
       }
     rows.append(
       {
@@ -94,7 +99,11 @@ def renaming_test(data: dict) -> dict:
         "best_c_entry": (subject["best_step"] / 10).tolist(),
         "best_lr": ref["best_step"].tolist(),
         "offset_steps": offset.tolist(),
-        "twin": min(twins, key=lambda k: twins[k]["sensitivity_gap"]) if twins else None,
+        "twin": min(
+          twins,
+          key=lambda k: (twins[k]["other_best_step_seeds"], twins[k]["sensitivity_gap"]),
+          default=None,
+        ),
         "twins": twins,
         "arms": arms,
       }
@@ -111,6 +120,12 @@ def renaming_test(data: dict) -> dict:
 def _range(x) -> str:
   x = np.asarray(x, float)
   return f"{x.mean():.3f} ({x.min():.3f}–{x.max():.3f})"
+
+
+def _logit(x: float) -> str:
+  if not np.isfinite(x):
+    return "diverged"
+  return f"{x:.2g}".replace("e+0", "e").replace("e+", "e") if x >= 1e4 else f"{x:.0f}"
 
 
 def _steps(x) -> str:
@@ -157,7 +172,8 @@ def arms_table(data: dict, index: int | str) -> Table:
     "sensitivity (seed range)",
     "best step, per seed",
     "best loss",
-    "largest attention logit",
+    "attention logit: at the best step",
+    "at step 1",
   ]
   rows = [
     [
@@ -166,7 +182,8 @@ def arms_table(data: dict, index: int | str) -> Table:
       _range(a["sensitivity"]),
       _steps(a["best_step"]),
       f"{np.mean(a['best_loss']):.3f}",
-      f"{a['max_logit']:.3g}",
+      _logit(a["logit_at_best"]),
+      _logit(a["logit_at_top"]),
     ]
     for name, a in r["arms"].items()
   ]
