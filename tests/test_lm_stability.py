@@ -24,6 +24,7 @@ from benchmarks.lm_stability import (  # noqa: E402
   per_component,
   renaming,
   spikes,
+  step_time,
   sweep,
 )
 
@@ -265,3 +266,16 @@ def test_per_component_quick_writes_every_run_and_resumes(tmp_path):
   assert _strict_json(out.with_suffix(".json"))["results"] == data_["results"]
   assert second["config"]["seconds"] < first["config"]["seconds"]
   assert "| size |" in renaming.markdown(data_)
+
+
+@pytest.mark.smoke
+def test_step_time_times_every_optimizer_on_a_tiny_transformer(tmp_path):
+  tiny = "--d 16 --depth 1 --heads 2 --seq-len 16 --batch 4 --time-steps 2 --time-rounds 2"
+  out = step_time.main([*tiny.split(), "--out", str(tmp_path / "t")])
+  data_ = _strict_json(tmp_path / "t.json")
+  names = ["optax.adamw", *(f"relativistic_adamw {m}" for m in relax_optax.MODES)]
+  assert list(data_["results"]) == [*names, "optax.adamw+optax.clip"]
+  for r in data_["results"].values():
+    assert len(r["jit_rounds_ms"]) == 2 and all(t > 0 for t in r["jit_rounds_ms"])
+  assert data_["results"]["optax.adamw"]["jit_ratio"] == 1.0
+  assert out["config"]["steps"] == 2
