@@ -16,7 +16,9 @@ Laid out like Flax's ``examples/lm1b``:
 - ``report.py``: tables and plots, from a run's JSON;
 - entry points, one per experiment: ``sweep.py`` (also ``python -m
   benchmarks.lm_stability``), ``spikes.py`` (induced instabilities), ``step_time.py``
-  (the train step against ``optax.adamw``).
+  (the train step against ``optax.adamw``), ``per_component.py`` (is ``per_component``
+  a stabiliser? three sizes, a long run, its elementwise twins; the test and its
+  tables in ``renaming.py``).
 
 Run from the repository root::
 
@@ -24,7 +26,8 @@ Run from the repository root::
   python -m benchmarks.lm_stability                  # the sweep, ~14 min on one core
   python -m benchmarks.lm_stability --full           # and a second size, ~55 min
   python -m benchmarks.lm_stability.spikes           # ~4 min
-  python -m benchmarks.lm_stability.step_time        # ~1-2 min
+  python -m benchmarks.lm_stability.step_time        # ~3 min
+  python -m benchmarks.lm_stability.per_component    # ~75 min on 2 cores
 
 Every run writes one JSON (and its plots) under ``benchmarks/results/scratch/``;
 ``--commit-results`` writes the committed results under ``benchmarks/results/``.

@@ -171,7 +171,7 @@ def spikes_quick() -> Config:
 
 
 def step_time() -> Config:
-  """The end-to-end train step of the default transformer (~1-2 minutes)."""
+  """The end-to-end train step of the default transformer (~3 minutes)."""
   return Config()
 
 

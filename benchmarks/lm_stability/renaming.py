@@ -22,8 +22,8 @@ The test, per size (width 64, 128, 192, and width 128 trained twice as long):
 
 Reported with it: the best validation loss (per seed the lowest over the sweep and its
 evaluations; mean over seeds) and the largest attention logit over training, at each
-seed's best grid point and at the top of the sweep (per-entry step 1: lr = 1, or
-c_entry = 0.1 at lr = 1), median over seeds.
+seed's best grid point and at the top of the grid (the largest lr, or the largest c at
+lr = 1), median over seeds.
 
 ``python -m benchmarks.lm_stability.renaming RESULTS.json [--replot]`` prints the tables
 (and redraws the plot next to the JSON).
@@ -175,7 +175,7 @@ def arms_table(data: dict, index: int | str) -> Table:
     "best step, per seed",
     "best loss",
     "attention logit: at the best step",
-    "at step 1",
+    "at the grid's top",
   ]
   rows = [
     [
@@ -254,7 +254,7 @@ def plot(data: dict, path: Path) -> None:
     ax.errorbar(xs, means, yerr=[lo, hi], marker="o", ms=4, capsize=3, color=colors[name])
   ax.set_xticks(range(len(labels)), labels, rotation=15)
   ax.set_ylabel("sensitivity in its step size (seed range)")
-  ax.set_title("lower = less sensitive")
+  ax.set_title("lower = less sensitive (compare within a size: grids differ)")
   for extra in axes[n + 1 :]:
     extra.axis("off")
   handles, labels_ = axes[0].get_legend_handles_labels()

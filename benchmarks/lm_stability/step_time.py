@@ -7,7 +7,7 @@ changes hit them alike.
 
 Run from the repository root::
 
-  python -m benchmarks.lm_stability.step_time     # ~1-2 minutes
+  python -m benchmarks.lm_stability.step_time     # ~3 minutes (2 cores)
   python -m benchmarks.lm_stability.step_time --commit-results
 
 Writes ``lm_stability_step_time.json`` under ``benchmarks/results/scratch/``, or with
