@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import math
 import re
@@ -678,6 +679,10 @@ def _sci(x: float) -> str:
   return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
+def _logit(x: float) -> str:
+  return _sci(x) if x >= 1e4 else f"{x:.0f}"
+
+
 def lm_sizes_short(file: str = "lm_stability_full.json") -> Table:
   """The README's digest of ``lm_sizes``: six arms, sensitivities, the big size's logit."""
   results = [r for r in _load(file)["results"] if r["domain"].startswith("lm")]
@@ -694,13 +699,15 @@ def lm_sizes_short(file: str = "lm_stability_full.json") -> Table:
       row.append(f"{np.mean(r['lr_sensitivity']):.3f}")
       row.append(f"{np.mean(r['c_sensitivity']):.3f}" if "c_sensitivity" in r else "–")
     logit = float(np.median(np.asarray(top["arms"][arm]["lr_sweep"]["max_attn_logit"][-1], float)))
-    row.append(_sci(logit) if logit >= 1e4 else f"{logit:.0f}")
+    row.append(_logit(logit))
     rows.append(row)
   return header, rows
 
 
+@functools.cache
 def _per_component() -> tuple[dict, object]:
-  """The per_component study's JSON and its reporting module (``renaming.py``)."""
+  """The per_component study's JSON and its reporting module (``renaming.py``), read
+  once for the five tables that show it."""
   sys.path.insert(0, str(ROOT))
   from benchmarks.lm_stability import renaming
 
@@ -717,10 +724,6 @@ def lm_per_component_arms(index: str) -> Table:
   """Every arm of one size of the per_component study on the sweep of its step size."""
   data, renaming = _per_component()
   return renaming.arms_table(data, index)
-
-
-def _logit(x: float) -> str:
-  return _sci(x) if x >= 1e4 else f"{x:.0f}"
 
 
 def lm_scheduled_c(

@@ -42,7 +42,7 @@ from benchmarks._common import (
 )
 from benchmarks.lm_stability import configs, data, renaming
 from benchmarks.lm_stability.optimizers import selected
-from benchmarks.lm_stability.train import domain_header, init_params, run_arm, run_steps
+from benchmarks.lm_stability.train import arm_steps, domain_header, init_params, run_arm
 
 
 def _slug(text: str) -> str:
@@ -65,20 +65,21 @@ def run(parts: tuple[configs.Part, ...], run_dir: Path) -> dict:
   for part in parts:
     seeds = list(range(part.config.seeds))
     domain = data.config_lm_domain(corpus, part.config)
-    arms = selected("lm", part.config.arms)
     key = json.loads(json.dumps(dataclasses.asdict(part.config)))
-    paths = {a.name: run_dir / f"{_slug(part.name)}__{_slug(a.name)}.json" for a in arms}
-    missing = [a.name for a in arms if _done(paths[a.name], key) is None]
-    one = dataclasses.replace(part.config, arms=tuple(missing))
-    todo += run_steps(domain, one, seeds) if missing else 0
-    plans.append((part, seeds, domain, key, paths))
+    paths, done = {}, {}
+    for arm in selected("lm", part.config.arms):
+      paths[arm.name] = run_dir / f"{_slug(part.name)}__{_slug(arm.name)}.json"
+      done[arm.name] = _done(paths[arm.name], key)
+      if done[arm.name] is None:
+        todo += arm_steps(domain, arm, part.config, seeds)
+    plans.append((part, seeds, domain, key, paths, done))
   results = []
   with tqdm(total=todo, unit="step", smoothing=0.05) as bar:
-    for part, seeds, domain, key, paths in plans:
+    for part, seeds, domain, key, paths, done in plans:
       params0 = init_params(domain, seeds)
       out = domain_header(domain, part.config, params0) | {"part": part.name}
       for arm in selected("lm", part.config.arms, out["info"]["n_params"]):
-        res = _done(paths[arm.name], key)
+        res = done[arm.name]
         if res is None:
           bar.set_description(f"{part.name}: {arm.name}"[:40])
           res = run_arm(domain, arm, part.config, params0, seeds, bar)

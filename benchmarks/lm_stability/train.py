@@ -206,6 +206,25 @@ def domain_header(domain: Domain, config: Config, params0: dict) -> dict:
   }
 
 
+def grid(arm: Arm, config: Config) -> tuple[list[tuple[float, float]], int]:
+  """An arm's (learning rate, c_entry) pairs and how many of them, first, are the LR
+  sweep: the LR sweep (for a capped arm only if ``config.cap_lr_sweep``), then for a
+  capped arm the c sweep at ``config.c_lr``."""
+  pairs = (
+    [] if arm.cap and not config.cap_lr_sweep else [(lr, config.speed_limit) for lr in config.lrs]
+  )
+  n = len(pairs)
+  if arm.cap:
+    pairs += [(config.c_lr, c) for c in config.c_entry]
+  return pairs, n
+
+
+def arm_steps(domain: Domain, arm: Arm, config: Config, seeds: list[int]) -> int:
+  """Training steps (summed over runs) that :func:`run_arm` takes, for a progress bar."""
+  steps = config.steps if domain.name.startswith("lm") else config.digits_steps
+  return len(grid(arm, config)[0]) * len(seeds) * steps
+
+
 def run_arm(
   domain: Domain, arm: Arm, config: Config, params0: dict, seeds: list[int], bar: tqdm
 ) -> dict:
@@ -214,12 +233,7 @@ def run_arm(
   vmapped program; per sweep the summaries, seed-0 curves and sensitivities."""
   lm = domain.name.startswith("lm")
   t0 = time.perf_counter()
-  pairs = (
-    [] if arm.cap and not config.cap_lr_sweep else [(lr, config.speed_limit) for lr in config.lrs]
-  )
-  n = len(pairs)
-  if arm.cap:
-    pairs += [(config.c_lr, c) for c in config.c_entry]
+  pairs, n = grid(arm, config)
   cv = train_arm(
     domain,
     arm,
@@ -248,12 +262,8 @@ def run_arm(
 
 def run_steps(domain: Domain, config: Config, seeds: list[int]) -> int:
   """Training steps (summed over runs) that :func:`run_domain` takes, for a progress bar."""
-  lm = domain.name.startswith("lm")
   arms = selected(domain.name.split()[0], config.arms)
-  n_cap = len([a for a in arms if a.cap])
-  runs = (len(arms) - (n_cap if not config.cap_lr_sweep else 0)) * len(config.lrs)
-  runs += n_cap * len(config.c_entry)
-  return runs * len(seeds) * (config.steps if lm else config.digits_steps)
+  return sum(arm_steps(domain, arm, config, seeds) for arm in arms)
 
 
 def run_domain(domain: Domain, config: Config, seeds: list[int], bar: tqdm) -> dict:
